@@ -1,0 +1,439 @@
+"""The ConvLSTM cell of Shi et al. (2015), one implementation for 1-D, 2-D and 3-D data.
+
+Shape legend: ``B`` batch, ``C_in`` input channels, ``C_h`` hidden channels, ``*S`` the spatial
+dimensions of the input (1, 2 or 3 of them), ``*S'`` those of the state (equal to ``*S`` unless the
+input convolution has a stride or ``"valid"`` padding).
+
+The cell computes, with ``*`` a convolution and ``∘`` the Hadamard product::
+
+    i  = σ(W_xi * x + W_hi * h + W_ci ∘ c + b_i)
+    f  = σ(W_xf * x + W_hf * h + W_cf ∘ c + b_f)
+    c' = f ∘ c + i ∘ tanh(W_xc * x + W_hc * h + b_c)
+    o  = σ(W_xo * x + W_ho * h + W_co ∘ c' + b_o)
+    h' = o ∘ tanh(c')
+
+The four input-to-hidden kernels are stored fused in ``weight_ih`` and the four hidden-to-hidden
+kernels in ``weight_hh``, gate order (i, f, g, o) along dim 0, as in :class:`torch.nn.LSTM` and Keras.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convlstm._checks import check_choice, check_positive, to_tuple
+
+__all__ = [
+    "ACTIVATIONS",
+    "ConvLSTMCell",
+    "ConvLSTMCell1d",
+    "ConvLSTMCell2d",
+    "ConvLSTMCell3d",
+    "get_activation",
+]
+
+Activation = str | Callable[[Tensor], Tensor]
+Padding = str | int | Sequence[int]
+State = tuple[Tensor, Tensor]
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "hard_sigmoid": F.hardsigmoid,
+    "hard_tanh": F.hardtanh,
+    "relu": F.relu,
+    "elu": F.elu,
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "softsign": F.softsign,
+    "linear": torch.nn.Identity(),
+}
+"""Activations accepted by name for ``activation`` and ``recurrent_activation``."""
+
+PEEPHOLES = (None, "channel", "spatial")
+NORMS = (None, "layer", "group")
+_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def get_activation(activation: Activation, name: str = "activation") -> Callable[[Tensor], Tensor]:
+    """Return the activation function named ``activation``, or ``activation`` itself if callable.
+
+    >>> get_activation("hard_sigmoid")(torch.zeros(1))
+    tensor([0.5000])
+    """
+    if callable(activation):
+        return activation
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return ACTIVATIONS[activation]
+    raise ValueError(
+        f"{name} must be a callable or one of {sorted(ACTIVATIONS)}, got {activation!r}"
+    )
+
+
+def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding: output size ceil(size / stride), extra pixel on the high side."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class ConvLSTMCell(nn.Module):
+    r"""One ConvLSTM step for ``spatial_dims``-dimensional data (1, 2 or 3).
+
+    Prefer the thin subclasses :class:`ConvLSTMCell1d`, :class:`ConvLSTMCell2d`,
+    :class:`ConvLSTMCell3d`; this class holds their single implementation.
+
+    Args:
+        in_channels: channels ``C_in`` of the input frames.
+        hidden_channels: channels ``C_h`` of ``h`` and ``c``.
+        kernel_size: kernel of both convolutions, an int or one per spatial dimension; odd or even.
+        spatial_dims: number of spatial dimensions (1, 2 or 3).
+        stride: stride of the input convolution (the recurrent one always has stride 1).
+        padding: ``"same"`` (output keeps ``ceil(size / stride)``; for even kernels the extra pixel
+            is padded on the high side, as in Keras/TensorFlow), ``"valid"``, or an int / one int per
+            spatial dimension, for the input convolution. The recurrent convolution is always "same".
+        dilation: dilation of the input convolution.
+        bias: learn the gate bias ``b`` (``bias=False`` registers ``None``).
+        peephole: ``None`` (no peepholes, as Keras computes), ``"channel"`` (one learned weight per
+            hidden channel, shape ``(C_h, 1, ..., 1)``) or ``"spatial"`` (one per hidden channel and
+            location, shape ``(C_h, *S')``, which needs ``spatial_size``).
+        spatial_size: spatial size ``*S`` of the input; required by ``peephole="spatial"``, and if
+            given any other input size is an error.
+        activation: the cell/output activation (``tanh``), a name from :data:`ACTIVATIONS` or a callable.
+        recurrent_activation: the gate activation (``sigmoid``), a name or a callable.
+        unit_forget_bias: initialise the forget-gate bias to 1 (Keras' default), else 0.
+        norm: normalise the gate pre-activations (the two convolutions' sum) before bias and
+            peepholes: ``"layer"`` normalises each gate over all its channels and locations,
+            ``"group"`` each gate in ``norm_groups`` groups of channels; ``None`` (default) is off.
+        norm_groups: groups per gate for ``norm="group"``; must divide ``hidden_channels``.
+
+    Inputs: ``x, state``
+        - ``x``: ``(B, C_in, *S)``.
+        - ``state``: ``(h, c)``, each ``(B, C_h, *S')``; zeros of ``x``'s dtype and device if omitted.
+
+    Outputs: ``(h', c')``, each ``(B, C_h, *S')``.
+
+    Attributes:
+        weight_ih: ``(4*C_h, C_in, *kernel_size)``, input-to-hidden kernels, gates (i, f, g, o).
+        weight_hh: ``(4*C_h, C_h, *kernel_size)``, hidden-to-hidden kernels, gates (i, f, g, o).
+        bias: ``(4*C_h,)`` or ``None``.
+        weight_ci, weight_cf, weight_co: peephole weights (``None`` without peepholes).
+        norm_weight: ``(4*C_h,)`` gain of the normalisation (``None`` without ``norm``).
+
+    Example:
+        >>> cell = ConvLSTMCell(3, 8, 3, spatial_dims=2, peephole="channel")
+        >>> h, c = cell(torch.randn(2, 3, 16, 16))
+        >>> h, c = cell(torch.randn(2, 3, 16, 16), (h, c))
+        >>> tuple(h.shape), tuple(c.shape)
+        ((2, 8, 16, 16), (2, 8, 16, 16))
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int,
+        kernel_size: int | Sequence[int],
+        *,
+        spatial_dims: int,
+        stride: int | Sequence[int] = 1,
+        padding: Padding = "same",
+        dilation: int | Sequence[int] = 1,
+        bias: bool = True,
+        peephole: str | None = None,
+        spatial_size: int | Sequence[int] | None = None,
+        activation: Activation = "tanh",
+        recurrent_activation: Activation = "sigmoid",
+        unit_forget_bias: bool = True,
+        norm: str | None = None,
+        norm_groups: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
+        self.spatial_dims = spatial_dims
+        self.in_channels = check_positive(in_channels, "in_channels")
+        self.hidden_channels = check_positive(hidden_channels, "hidden_channels")
+        self.kernel_size = to_tuple(kernel_size, spatial_dims, "kernel_size")
+        self.stride = to_tuple(stride, spatial_dims, "stride")
+        self.dilation = to_tuple(dilation, spatial_dims, "dilation")
+        if isinstance(padding, str):
+            check_choice(padding, ("same", "valid"), "padding")
+            self.padding: str | tuple[int, ...] = padding
+        else:
+            self.padding = to_tuple(padding, spatial_dims, "padding", minimum=0)
+        self.peephole = check_choice(peephole, PEEPHOLES, "peephole")
+        self.norm = check_choice(norm, NORMS, "norm")
+        self.norm_groups = check_positive(norm_groups, "norm_groups")
+        if norm == "group" and hidden_channels % norm_groups:
+            raise ValueError(
+                f"norm_groups must divide hidden_channels, got norm_groups={norm_groups} "
+                f"and hidden_channels={hidden_channels}"
+            )
+        self.spatial_size = (
+            None if spatial_size is None else to_tuple(spatial_size, spatial_dims, "spatial_size")
+        )
+        if peephole == "spatial" and self.spatial_size is None:
+            raise ValueError(
+                'peephole="spatial" needs spatial_size= (the input\'s spatial size), got None'
+            )
+        self.activation = get_activation(activation, "activation")
+        self.recurrent_activation = get_activation(recurrent_activation, "recurrent_activation")
+        self._activation_names = (
+            getattr(activation, "__name__", activation),
+            getattr(recurrent_activation, "__name__", recurrent_activation),
+        )
+        self.unit_forget_bias = unit_forget_bias
+
+        factory = {"device": device, "dtype": dtype}
+        gates = 4 * hidden_channels
+        self.weight_ih = nn.Parameter(torch.empty(gates, in_channels, *self.kernel_size, **factory))
+        self.weight_hh = nn.Parameter(
+            torch.empty(gates, hidden_channels, *self.kernel_size, **factory)
+        )
+        self.register_parameter("bias", nn.Parameter(torch.empty(gates, **factory)) if bias else None)
+        peep_shape = self._peephole_shape()
+        for name in ("weight_ci", "weight_cf", "weight_co"):
+            param = None if peep_shape is None else nn.Parameter(torch.empty(peep_shape, **factory))
+            self.register_parameter(name, param)
+        norm_weight = nn.Parameter(torch.empty(gates, **factory)) if norm else None
+        self.register_parameter("norm_weight", norm_weight)
+        self._conv = _CONVS[spatial_dims]
+        hh_pads = [_same_pads(1, k, 1, 1) for k in self.kernel_size]
+        self._hh_padding = tuple(lo for lo, _ in hh_pads)
+        self._hh_pad = (
+            None if all(lo == hi for lo, hi in hh_pads)
+            else [p for pair in reversed(hh_pads) for p in pair]
+        )
+        self.reset_parameters()
+
+    def _peephole_shape(self) -> tuple[int, ...] | None:
+        if self.peephole is None:
+            return None
+        if self.peephole == "channel":
+            return (self.hidden_channels,) + (1,) * self.spatial_dims
+        assert self.spatial_size is not None
+        return (self.hidden_channels, *self.output_size(self.spatial_size))
+
+    def reset_parameters(self) -> None:
+        """Initialise as :class:`torch.nn.Conv2d` does (uniform ±1/sqrt(fan_in)) for both kernels;
+        bias 0 with the forget gate at 1 if ``unit_forget_bias``; peepholes uniform
+        ±1/sqrt(C_h); normalisation gain 1."""
+        for weight in (self.weight_ih, self.weight_hh):
+            bound = 1.0 / math.sqrt(weight[0].numel())
+            nn.init.uniform_(weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+            if self.unit_forget_bias:
+                nn.init.ones_(self.bias[self.hidden_channels : 2 * self.hidden_channels])
+        bound = 1.0 / math.sqrt(self.hidden_channels)
+        for weight in (self.weight_ci, self.weight_cf, self.weight_co):
+            if weight is not None:
+                nn.init.uniform_(weight, -bound, bound)
+        if self.norm_weight is not None:
+            nn.init.ones_(self.norm_weight)
+
+    def output_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
+        """Spatial size ``*S'`` of the state for an input of spatial size ``*S``."""
+        return tuple(
+            (size + lo + hi - d * (k - 1) - 1) // s + 1
+            for size, (lo, hi), k, s, d in zip(
+                spatial_size,
+                self._input_pads(spatial_size),
+                self.kernel_size,
+                self.stride,
+                self.dilation,
+                strict=True,
+            )
+        )
+
+    def _input_pads(self, spatial_size: Sequence[int]) -> list[tuple[int, int]]:
+        if self.padding == "same":
+            return [
+                _same_pads(n, k, s, d)
+                for n, k, s, d in zip(
+                    spatial_size, self.kernel_size, self.stride, self.dilation, strict=True
+                )
+            ]
+        if self.padding == "valid":
+            return [(0, 0)] * self.spatial_dims
+        return [(p, p) for p in self.padding]
+
+    def check_input(self, x: Tensor, name: str = "x", frame_dims: int = 0) -> None:
+        """Raise a clear error unless ``x`` is ``(B, *frames, C_in, *S)`` with ``frame_dims`` leading
+        frame dimensions (0 for a single frame, 1 for a sequence)."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        expected = self.spatial_dims + 2 + frame_dims
+        if x.dim() != expected:
+            raise ValueError(
+                f"{name} must have {expected} dimensions "
+                f"(B, {'T, ' * frame_dims}C, {self._spatial_names()}), got {x.dim()} "
+                f"with shape {tuple(x.shape)}"
+            )
+        if x.shape[1 + frame_dims] != self.in_channels:
+            raise ValueError(
+                f"{name}.size({1 + frame_dims}) must be equal to in_channels. "
+                f"Expected {self.in_channels}, got {x.shape[1 + frame_dims]}"
+            )
+        size = tuple(x.shape[2 + frame_dims :])
+        if self.spatial_size is not None and size != self.spatial_size:
+            raise ValueError(
+                f"{name} spatial size must match spatial_size={self.spatial_size} given at "
+                f"construction, got {size}"
+            )
+        if any(s < 1 for s in self.output_size(size)):
+            raise ValueError(
+                f"{name} spatial size {size} is too small for kernel_size={self.kernel_size}, "
+                f"dilation={self.dilation}, padding={self.padding!r}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+    def _spatial_names(self) -> str:
+        return ", ".join(("D", "H", "W")[3 - self.spatial_dims :])
+
+    def input_conv(self, x: Tensor) -> Tensor:
+        """Input-to-hidden convolution, plus the bias unless ``norm`` is set.
+
+        ``x``: ``(N, C_in, *S)`` (``N`` may be batch times time) -> ``(N, 4*C_h, *S')``.
+        """
+        pads = self._input_pads(x.shape[2:])
+        if all(lo == hi for lo, hi in pads):
+            padding: tuple[int, ...] = tuple(lo for lo, _ in pads)
+        else:
+            x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+            padding = (0,) * self.spatial_dims
+        bias = self.bias if self.norm is None else None
+        return self._conv(x, self.weight_ih, bias, self.stride, padding, self.dilation)
+
+    def recurrent_conv(self, h: Tensor) -> Tensor:
+        """Hidden-to-hidden convolution, stride 1, "same": ``(B, C_h, *S')`` -> ``(B, 4*C_h, *S')``."""
+        if self._hh_pad is None:
+            return self._conv(h, self.weight_hh, None, 1, self._hh_padding)
+        return self._conv(F.pad(h, self._hh_pad), self.weight_hh)
+
+    def init_state(self, x: Tensor) -> State:
+        """Zero ``(h, c)`` for the input frame ``x`` ``(B, C_in, *S)``, in its dtype and device."""
+        shape = (x.shape[0], self.hidden_channels, *self.output_size(x.shape[2:]))
+        zeros = x.new_zeros(shape)
+        return zeros, zeros
+
+    def check_state(self, state: object, batch: int, size: Sequence[int], name: str = "state") -> State:
+        """Raise a clear error unless ``state`` is ``(h, c)``, each ``(batch, C_h, *size)``."""
+        if not (isinstance(state, tuple | list) and len(state) == 2):
+            raise TypeError(f"{name} must be a pair (h, c) of tensors, got {type(state).__name__}")
+        expected = (batch, self.hidden_channels, *size)
+        for tensor, part in zip(state, "hc", strict=True):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(f"{name} {part} must be a torch.Tensor, got {type(tensor).__name__}")
+            if tuple(tensor.shape) != expected:
+                raise ValueError(
+                    f"{name} {part} must have shape {expected} (B, C_h, {self._spatial_names()}), "
+                    f"got {tuple(tensor.shape)}"
+                )
+        return state[0], state[1]
+
+    def step(self, gates_x: Tensor, state: State | None, h_mask: Tensor | None = None) -> State:
+        """The recurrent part of one step, given the input convolution ``gates_x``.
+
+        Args:
+            gates_x: ``(B, 4*C_h, *S')``, :meth:`input_conv` of the frame.
+            state: ``(h, c)``, each ``(B, C_h, *S')``; ``None`` means zeros and skips the recurrent
+                convolution and the input/forget peepholes, whose inputs are then zero.
+            h_mask: optional ``(B, C_h, *S')`` recurrent-dropout mask applied to ``h``.
+
+        Returns:
+            ``(h', c')``, each ``(B, C_h, *S')``.
+        """
+        gates = gates_x
+        if state is not None:
+            h, c = state
+            gates = gates + self.recurrent_conv(h if h_mask is None else h * h_mask)
+        if self.norm is not None:
+            groups = 4 if self.norm == "layer" else 4 * self.norm_groups
+            gates = F.group_norm(gates, groups, self.norm_weight)
+            if self.bias is not None:
+                gates = gates + self._per_channel(self.bias)
+        i, f, g, o = gates.chunk(4, dim=1)
+        if state is not None and self.weight_ci is not None:
+            i = i + self.weight_ci * c
+            f = f + self.weight_cf * c
+        i = self.recurrent_activation(i)
+        g = self.activation(g)
+        c_new = i * g if state is None else self.recurrent_activation(f) * c + i * g
+        if self.weight_co is not None:
+            o = o + self.weight_co * c_new
+        h_new = self.recurrent_activation(o) * self.activation(c_new)
+        return h_new, c_new
+
+    def _per_channel(self, weight: Tensor | None) -> Tensor | None:
+        return None if weight is None else weight.view(-1, *(1,) * self.spatial_dims)
+
+    def forward(self, x: Tensor, state: State | None = None) -> State:
+        """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``."""
+        self.check_input(x)
+        if state is not None:
+            state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
+        return self.step(self.input_conv(x), state)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.hidden_channels}, kernel_size={self.kernel_size}, "
+            f"spatial_dims={self.spatial_dims}"
+        )
+        if self.stride != (1,) * self.spatial_dims:
+            s += f", stride={self.stride}"
+        if self.padding != "same":
+            s += f", padding={self.padding!r}"
+        if self.dilation != (1,) * self.spatial_dims:
+            s += f", dilation={self.dilation}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.peephole is not None:
+            s += f", peephole={self.peephole!r}"
+        if self.spatial_size is not None:
+            s += f", spatial_size={self.spatial_size}"
+        if self._activation_names != ("tanh", "sigmoid"):
+            s += f", activation={self._activation_names[0]!r}"
+            s += f", recurrent_activation={self._activation_names[1]!r}"
+        if self.norm is not None:
+            s += f", norm={self.norm!r}"
+        return s
+
+
+class ConvLSTMCell1d(ConvLSTMCell):
+    """:class:`ConvLSTMCell` for sequences of 1-D frames ``(B, C_in, W)``.
+
+    >>> ConvLSTMCell1d(2, 4, 3)(torch.randn(1, 2, 10))[0].shape
+    torch.Size([1, 4, 10])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=1, **kwargs)
+
+
+class ConvLSTMCell2d(ConvLSTMCell):
+    """:class:`ConvLSTMCell` for images ``(B, C_in, H, W)``.
+
+    >>> ConvLSTMCell2d(2, 4, 3)(torch.randn(1, 2, 8, 8))[0].shape
+    torch.Size([1, 4, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=2, **kwargs)
+
+
+class ConvLSTMCell3d(ConvLSTMCell):
+    """:class:`ConvLSTMCell` for volumes ``(B, C_in, D, H, W)``.
+
+    >>> ConvLSTMCell3d(2, 4, 3)(torch.randn(1, 2, 4, 6, 6))[0].shape
+    torch.Size([1, 4, 4, 6, 6])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=3, **kwargs)

@@ -1,0 +1,383 @@
+"""Stacked, optionally bidirectional ConvLSTM layers over sequences, one N-d implementation.
+
+Shape legend: ``B`` batch, ``T`` time steps, ``C_in`` input channels, ``C_h`` hidden channels of
+a layer, ``D`` directions (2 if bidirectional else 1), ``*S`` input spatial size, ``*S'`` a layer's
+state spatial size (equal to ``*S`` with the default "same" padding and stride 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convlstm._checks import check_positive, check_probability
+from convlstm.cells import Activation, ConvLSTMCell, Padding, State
+
+__all__ = ["ConvLSTM", "ConvLSTM1d", "ConvLSTM2d", "ConvLSTM3d"]
+
+
+def _per_layer(value: object, num_layers: int, name: str) -> list:
+    """A ``list`` gives one value per layer; anything else is shared by all layers."""
+    if isinstance(value, list):
+        if len(value) != num_layers:
+            raise ValueError(
+                f"{name} given as a list must have one entry per layer ({num_layers}), "
+                f"got {len(value)}"
+            )
+        return value
+    return [value] * num_layers
+
+
+class ConvLSTM(nn.Module):
+    r"""A stack of ConvLSTM layers over a sequence of ``spatial_dims``-dimensional frames.
+
+    Prefer :class:`ConvLSTM1d`, :class:`ConvLSTM2d`, :class:`ConvLSTM3d`; this class holds their
+    single implementation. It follows :class:`torch.nn.LSTM`'s conventions, batch-first by default.
+
+    Args:
+        in_channels: channels ``C_in`` of the input frames.
+        hidden_channels: an int (the same for ``num_layers`` layers) or a list, one per layer.
+        kernel_size: an int or a tuple (one per spatial dimension) shared by all layers, or a list
+            with one int/tuple per layer. ``stride`` and ``dilation`` take the same forms.
+        num_layers: number of layers; ``None`` means ``len(hidden_channels)`` for a list, else 1.
+        spatial_dims: number of spatial dimensions (1, 2 or 3).
+        batch_first: ``input`` and ``output`` are ``(B, T, ...)`` if True (default), else ``(T, B, ...)``.
+        bidirectional: add a reverse-time cell per layer; outputs of both directions are
+            concatenated along channels.
+        dropout: dropout on the outputs of each layer except the last, in training only.
+        recurrent_dropout: dropout on ``h`` before the recurrent convolution, with one mask per
+            sequence held fixed across time (Gal & Ghahramani; Keras semantics), in training only.
+        stride, padding, dilation, bias, peephole, activation, recurrent_activation,
+            unit_forget_bias, norm, norm_groups: as in :class:`~convlstm.cells.ConvLSTMCell`, for
+            every layer.
+        spatial_size: spatial size ``*S`` of the input frames; required by ``peephole="spatial"``.
+
+    Inputs: ``input, state=None, *, steps=None, lengths=None``
+        - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
+          frame ``t`` fed at step ``t``; or, with ``steps=N``, one frame ``(B, C_in, *S)`` fed at
+          each of ``N`` steps (its input convolution is computed once).
+        - ``state``: ``None`` (zeros) or what a previous call returned as ``states``: a list of
+          ``num_layers * D`` pairs ``(h, c)``, each ``(B, C_h, *S')``, ordered layer by layer with
+          the forward direction first. A single pair is accepted for a one-layer unidirectional
+          stack. Passing the states back makes a sequence processed in chunks give exactly the
+          result of one call (streaming).
+        - ``lengths``: optional ``(B,)`` integer tensor of sequence lengths in ``[1, T]``. Past a
+          sequence's end its state stops changing and its outputs are zero; ``states`` then hold
+          each sequence's state at its own last step (the reverse direction starts there).
+
+    Outputs: ``output, states``
+        - ``output``: the last layer's ``h`` at every step, ``(B, T, D*C_h_last, *S'_last)``
+          (``(T, B, ...)`` if not ``batch_first``). Selecting steps, as the tutorial's
+          ``effective_step`` did, is indexing: ``output[:, [4, 9]]``.
+        - ``states``: list of ``num_layers * D`` pairs ``(h_n, c_n)`` as described for ``state``.
+
+    Attributes:
+        cells: ``nn.ModuleList`` of the forward cells, in layer order.
+        cells_reverse: the reverse-direction cells if ``bidirectional``, else ``None``.
+
+    Example:
+        >>> layer = ConvLSTM(1, [16, 8], 3, spatial_dims=2)
+        >>> output, states = layer(torch.randn(4, 10, 1, 32, 32))
+        >>> tuple(output.shape), len(states), tuple(states[-1][0].shape)
+        ((4, 10, 8, 32, 32), 2, (4, 8, 32, 32))
+        >>> output, _ = layer(torch.randn(4, 1, 32, 32), steps=5)   # one frame fed 5 times
+        >>> tuple(output[:, [1, 4]].shape)                           # outputs at steps 1 and 4
+        (4, 2, 8, 32, 32)
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size: int | Sequence[int] | list,
+        num_layers: int | None = None,
+        *,
+        spatial_dims: int,
+        batch_first: bool = True,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        stride: int | Sequence[int] | list = 1,
+        padding: Padding = "same",
+        dilation: int | Sequence[int] | list = 1,
+        bias: bool = True,
+        peephole: str | None = None,
+        spatial_size: int | Sequence[int] | None = None,
+        activation: Activation = "tanh",
+        recurrent_activation: Activation = "sigmoid",
+        unit_forget_bias: bool = True,
+        norm: str | None = None,
+        norm_groups: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(hidden_channels, list):
+            if num_layers is not None and num_layers != len(hidden_channels):
+                raise ValueError(
+                    f"num_layers must equal len(hidden_channels) when hidden_channels is a list, "
+                    f"got num_layers={num_layers} and {len(hidden_channels)} hidden sizes"
+                )
+            if not hidden_channels:
+                raise ValueError("hidden_channels must not be an empty list")
+            hidden = list(hidden_channels)
+        else:
+            hidden = [hidden_channels] * check_positive(
+                1 if num_layers is None else num_layers, "num_layers"
+            )
+        self.num_layers = len(hidden)
+        self.hidden_channels = hidden
+        self.in_channels = check_positive(in_channels, "in_channels")
+        self.spatial_dims = spatial_dims
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        self.dropout = check_probability(dropout, "dropout")
+        self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
+        kernels = _per_layer(kernel_size, self.num_layers, "kernel_size")
+        strides = _per_layer(stride, self.num_layers, "stride")
+        dilations = _per_layer(dilation, self.num_layers, "dilation")
+        directions = 2 if bidirectional else 1
+        common = dict(
+            spatial_dims=spatial_dims,
+            padding=padding,
+            bias=bias,
+            peephole=peephole,
+            activation=activation,
+            recurrent_activation=recurrent_activation,
+            unit_forget_bias=unit_forget_bias,
+            norm=norm,
+            norm_groups=norm_groups,
+            device=device,
+            dtype=dtype,
+        )
+        stacks: list[list[ConvLSTMCell]] = [[] for _ in range(directions)]
+        channels, size = in_channels, spatial_size
+        for layer in range(self.num_layers):
+            for cells in stacks:
+                cells.append(
+                    ConvLSTMCell(
+                        channels,
+                        hidden[layer],
+                        kernels[layer],
+                        stride=strides[layer],
+                        dilation=dilations[layer],
+                        spatial_size=size,
+                        **common,
+                    )
+                )
+            if size is not None:
+                size = stacks[0][-1].output_size(stacks[0][-1].spatial_size)
+            channels = directions * hidden[layer]
+        self.cells = nn.ModuleList(stacks[0])
+        self.cells_reverse = nn.ModuleList(stacks[1]) if bidirectional else None
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of ``output``: ``D * hidden_channels[-1]``."""
+        return (2 if self.bidirectional else 1) * self.hidden_channels[-1]
+
+    def reset_parameters(self) -> None:
+        """Re-initialise every cell (see :meth:`ConvLSTMCell.reset_parameters`)."""
+        for cell in self._all_cells():
+            cell.reset_parameters()
+
+    def _all_cells(self) -> list[ConvLSTMCell]:
+        return [*self.cells, *(self.cells_reverse or [])]
+
+    def forward(
+        self,
+        input: Tensor,
+        state: Sequence[State] | State | None = None,
+        *,
+        steps: int | None = None,
+        lengths: Tensor | None = None,
+    ) -> tuple[Tensor, list[State]]:
+        """Run the stack; see the class docstring for shapes."""
+        first = self.cells[0]
+        if steps is not None:
+            check_positive(steps, "steps")
+            first.check_input(input, "input")
+            x: Tensor = input
+            num_steps = steps
+        else:
+            if isinstance(input, Tensor) and input.dim() == self.spatial_dims + 2:
+                raise ValueError(
+                    f"input has {input.dim()} dimensions, a single frame: pass steps=N to feed it "
+                    f"N times, or a sequence with {self.spatial_dims + 3} dimensions"
+                )
+            first.check_input(input, "input", frame_dims=1)
+            x = input if self.batch_first else input.transpose(0, 1)
+            num_steps = x.shape[1]
+        batch = x.shape[0]
+        valid = self._valid_mask(lengths, batch, num_steps, x.device)
+        states = self._split_state(state, batch, x.shape[-self.spatial_dims :])
+
+        final: list[State] = []
+        for layer in range(self.num_layers):
+            directions = [self.cells[layer]]
+            if self.cells_reverse is not None:
+                directions.append(self.cells_reverse[layer])
+            outputs = []
+            for d, cell in enumerate(directions):
+                out, last = self._run(
+                    cell, x, num_steps, states[layer * len(directions) + d], valid, reverse=d == 1
+                )
+                outputs.append(out)
+                final.append(last)
+            x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        output = x if self.batch_first else x.transpose(0, 1)
+        return output, final
+
+    def _valid_mask(
+        self, lengths: Tensor | None, batch: int, steps: int, device: torch.device
+    ) -> Tensor | None:
+        """``(B, T)`` bool mask of the steps inside each sequence, or None if all are."""
+        if lengths is None:
+            return None
+        if not isinstance(lengths, Tensor) or lengths.dim() != 1 or lengths.shape[0] != batch:
+            shape = tuple(lengths.shape) if isinstance(lengths, Tensor) else type(lengths).__name__
+            raise ValueError(f"lengths must be a 1-D tensor of {batch} lengths (B,), got {shape}")
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor, got dtype {lengths.dtype}")
+        lengths = lengths.to(device)
+        if not torch.compiler.is_compiling():
+            low, high = int(lengths.min()), int(lengths.max())
+            if low < 1 or high > steps:
+                raise ValueError(
+                    f"lengths must lie in [1, {steps}] (the number of steps), got values in "
+                    f"[{low}, {high}]"
+                )
+        return torch.arange(steps, device=device) < lengths[:, None]
+
+    def _split_state(
+        self, state: Sequence[State] | State | None, batch: int, size: Sequence[int]
+    ) -> list[State | None]:
+        directions = 2 if self.bidirectional else 1
+        count = self.num_layers * directions
+        if state is None:
+            return [None] * count
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], Tensor):
+            state = [state]  # a single (h, c) pair
+        if not isinstance(state, Sequence) or len(state) != count:
+            got = len(state) if isinstance(state, Sequence) else type(state).__name__
+            raise ValueError(
+                f"state must be a list of num_layers * directions = {count} (h, c) pairs, got {got}"
+            )
+        checked: list[State | None] = []
+        for index, cell in enumerate(self._ordered_cells()):
+            checked.append(cell.check_state(state[index], batch, size, f"state[{index}]"))
+            if (index + 1) % directions == 0:
+                size = cell.output_size(size)
+        return checked
+
+    def _ordered_cells(self) -> list[ConvLSTMCell]:
+        if self.cells_reverse is None:
+            return list(self.cells)
+        return [c for pair in zip(self.cells, self.cells_reverse, strict=True) for c in pair]
+
+    def _run(
+        self,
+        cell: ConvLSTMCell,
+        x: Tensor,
+        steps: int,
+        state: State | None,
+        valid: Tensor | None,
+        reverse: bool,
+    ) -> tuple[Tensor, State]:
+        """One direction of one layer: ``x`` ``(B, T, C, *S)`` (or one frame ``(B, C, *S)``) ->
+        ``output (B, T, C_h, *S')`` and the final ``(h, c)``."""
+        batch = x.shape[0]
+        if x.dim() == self.spatial_dims + 2:  # one frame repeated: convolve it once
+            gates = cell.input_conv(x).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
+        else:
+            gates = cell.input_conv(x.flatten(0, 1))
+            gates = gates.view(batch, steps, *gates.shape[1:])
+        order = None
+        if reverse:
+            order = self._reverse_order(valid, batch, steps, x.device)
+            gates = gates[torch.arange(batch, device=x.device)[:, None], order]
+        h_mask = None
+        if self.recurrent_dropout and self.training:
+            shape = (batch, cell.hidden_channels, *gates.shape[3:])
+            h_mask = F.dropout(gates.new_ones(shape), self.recurrent_dropout, training=True)
+        spatial = (1,) * (gates.dim() - 3)
+        outputs = []
+        for t in range(steps):
+            h, c = cell.step(gates[:, t], state, h_mask)
+            if valid is not None:
+                keep = valid[:, t].view(batch, 1, *spatial)
+                if state is not None:
+                    h_keep, c_keep = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
+                else:
+                    h_keep, c_keep = h * keep, c * keep
+                outputs.append(h * keep)
+                state = (h_keep, c_keep)
+            else:
+                outputs.append(h)
+                state = (h, c)
+        out = torch.stack(outputs, dim=1)
+        if order is not None:
+            out = out[torch.arange(batch, device=x.device)[:, None], order]
+        assert state is not None
+        return out, state
+
+    @staticmethod
+    def _reverse_order(valid: Tensor | None, batch: int, steps: int, device: torch.device) -> Tensor:
+        """``(B, T)`` time indices that reverse each sequence within its length (an involution)."""
+        t = torch.arange(steps, device=device).expand(batch, steps)
+        if valid is None:
+            return t.flip(1)
+        lengths = valid.sum(1, keepdim=True)
+        return torch.where(valid, lengths - 1 - t, t)
+
+    def extra_repr(self) -> str:
+        first = self.cells[0]
+        s = f"{self.in_channels}, {self.hidden_channels}, kernel_size={first.kernel_size}"
+        s += f", num_layers={self.num_layers}, spatial_dims={self.spatial_dims}"
+        if not self.batch_first:
+            s += ", batch_first=False"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
+        if self.recurrent_dropout:
+            s += f", recurrent_dropout={self.recurrent_dropout}"
+        return s
+
+
+class ConvLSTM1d(ConvLSTM):
+    """:class:`ConvLSTM` over sequences of 1-D frames ``(B, T, C_in, W)``.
+
+    >>> ConvLSTM1d(2, 4, 3)(torch.randn(1, 5, 2, 10))[0].shape
+    torch.Size([1, 5, 4, 10])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=1, **kwargs)
+
+
+class ConvLSTM2d(ConvLSTM):
+    """:class:`ConvLSTM` over sequences of images ``(B, T, C_in, H, W)``.
+
+    >>> ConvLSTM2d(2, 4, 3)(torch.randn(1, 5, 2, 8, 8))[0].shape
+    torch.Size([1, 5, 4, 8, 8])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=2, **kwargs)
+
+
+class ConvLSTM3d(ConvLSTM):
+    """:class:`ConvLSTM` over sequences of volumes ``(B, T, C_in, D, H, W)``.
+
+    >>> ConvLSTM3d(2, 4, 3)(torch.randn(1, 3, 2, 4, 6, 6))[0].shape
+    torch.Size([1, 3, 4, 4, 6, 6])
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
+        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=3, **kwargs)
