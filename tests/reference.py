@@ -33,12 +33,13 @@ def cell_step(cell, x, h, c):
         return None if w is None else w.detach().double()[gate * n : (gate + 1) * n]
 
     def pre(gate):
-        padding = cell.padding if isinstance(cell.padding, str) else cell.padding
-        zx = conv(x, weight("weight_ih", gate), None, cell.stride, padding, cell.dilation)
+        zx = conv(x, weight("weight_ih", gate), None, cell.stride, cell.padding, cell.dilation)
         z = zx + conv(h, weight("weight_hh", gate), None, 1, "same")
         if cell.norm is not None:
             groups = 1 if cell.norm == "layer" else cell.norm_groups
-            z = _normalise(z, groups) * weight("norm_weight", gate).view(-1, *[1] * cell.spatial_dims)
+            z = _normalise(z, groups) * weight("norm_weight", gate).view(
+                -1, *[1] * cell.spatial_dims
+            )
         if cell.bias is not None:
             z = z + weight("bias", gate).view(-1, *[1] * cell.spatial_dims)
         return z

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import cell_step, layer_forward
 
 from convlstm import ConvLSTM, ConvLSTMCell
+from reference import cell_step, layer_forward
 
 SIZES = {1: (7,), 2: (6, 5), 3: (4, 3, 5)}
 
@@ -159,7 +159,13 @@ def test_variable_lengths_freeze_state_and_zero_outputs():
 
 def test_gradcheck_cell_with_every_parameter():
     cell = ConvLSTMCell(
-        2, 2, 3, spatial_dims=2, peephole="spatial", spatial_size=(4, 4), norm="layer",
+        2,
+        2,
+        3,
+        spatial_dims=2,
+        peephole="spatial",
+        spatial_size=(4, 4),
+        norm="layer",
         dtype=torch.float64,
     )
     _randomise(cell, seed=3)
@@ -195,8 +201,15 @@ def test_gradcheck_bidirectional_layer_with_lengths():
 
 def test_every_parameter_receives_gradient():
     layer = ConvLSTM(
-        2, [3, 3], 3, spatial_dims=2, peephole="spatial", spatial_size=(5, 5), norm="group",
-        norm_groups=3, bidirectional=True,
+        2,
+        [3, 3],
+        3,
+        spatial_dims=2,
+        peephole="spatial",
+        spatial_size=(5, 5),
+        norm="group",
+        norm_groups=3,
+        bidirectional=True,
     )
     out, states = layer(torch.randn(2, 4, 2, 5, 5))
     (out.square().mean() + states[-1][1].square().mean()).backward()

@@ -195,7 +195,9 @@ class ConvLSTMCell(nn.Module):
         self.weight_hh = nn.Parameter(
             torch.empty(gates, hidden_channels, *self.kernel_size, **factory)
         )
-        self.register_parameter("bias", nn.Parameter(torch.empty(gates, **factory)) if bias else None)
+        self.register_parameter(
+            "bias", nn.Parameter(torch.empty(gates, **factory)) if bias else None
+        )
         peep_shape = self._peephole_shape()
         for name in ("weight_ci", "weight_cf", "weight_co"):
             param = None if peep_shape is None else nn.Parameter(torch.empty(peep_shape, **factory))
@@ -206,7 +208,8 @@ class ConvLSTMCell(nn.Module):
         hh_pads = [_same_pads(1, k, 1, 1) for k in self.kernel_size]
         self._hh_padding = tuple(lo for lo, _ in hh_pads)
         self._hh_pad = (
-            None if all(lo == hi for lo, hi in hh_pads)
+            None
+            if all(lo == hi for lo, hi in hh_pads)
             else [p for pair in reversed(hh_pads) for p in pair]
         )
         self.reset_parameters()
@@ -323,14 +326,18 @@ class ConvLSTMCell(nn.Module):
         zeros = x.new_zeros(shape)
         return zeros, zeros
 
-    def check_state(self, state: object, batch: int, size: Sequence[int], name: str = "state") -> State:
+    def check_state(
+        self, state: object, batch: int, size: Sequence[int], name: str = "state"
+    ) -> State:
         """Raise a clear error unless ``state`` is ``(h, c)``, each ``(batch, C_h, *size)``."""
         if not (isinstance(state, tuple | list) and len(state) == 2):
             raise TypeError(f"{name} must be a pair (h, c) of tensors, got {type(state).__name__}")
         expected = (batch, self.hidden_channels, *size)
         for tensor, part in zip(state, "hc", strict=True):
             if not isinstance(tensor, Tensor):
-                raise TypeError(f"{name} {part} must be a torch.Tensor, got {type(tensor).__name__}")
+                raise TypeError(
+                    f"{name} {part} must be a torch.Tensor, got {type(tensor).__name__}"
+                )
             if tuple(tensor.shape) != expected:
                 raise ValueError(
                     f"{name} {part} must have shape {expected} (B, C_h, {self._spatial_names()}), "
@@ -413,7 +420,9 @@ class ConvLSTMCell1d(ConvLSTMCell):
     torch.Size([1, 4, 10])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+    def __init__(
+        self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs
+    ) -> None:
         super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=1, **kwargs)
 
 
@@ -424,7 +433,9 @@ class ConvLSTMCell2d(ConvLSTMCell):
     torch.Size([1, 4, 8, 8])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+    def __init__(
+        self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs
+    ) -> None:
         super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=2, **kwargs)
 
 
@@ -435,5 +446,7 @@ class ConvLSTMCell3d(ConvLSTMCell):
     torch.Size([1, 4, 4, 6, 6])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs) -> None:
+    def __init__(
+        self, in_channels: int, hidden_channels: int, kernel_size: int | Sequence[int], **kwargs
+    ) -> None:
         super().__init__(in_channels, hidden_channels, kernel_size, spatial_dims=3, **kwargs)

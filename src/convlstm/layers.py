@@ -327,7 +327,9 @@ class ConvLSTM(nn.Module):
         return out, state
 
     @staticmethod
-    def _reverse_order(valid: Tensor | None, batch: int, steps: int, device: torch.device) -> Tensor:
+    def _reverse_order(
+        valid: Tensor | None, batch: int, steps: int, device: torch.device
+    ) -> Tensor:
         """``(B, T)`` time indices that reverse each sequence within its length (an involution)."""
         t = torch.arange(steps, device=device).expand(batch, steps)
         if valid is None:
@@ -357,8 +359,17 @@ class ConvLSTM1d(ConvLSTM):
     torch.Size([1, 5, 4, 10])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
-        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=1, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size,
+        num_layers: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=1, **kwargs
+        )
 
 
 class ConvLSTM2d(ConvLSTM):
@@ -368,8 +379,17 @@ class ConvLSTM2d(ConvLSTM):
     torch.Size([1, 5, 4, 8, 8])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
-        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=2, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size,
+        num_layers: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=2, **kwargs
+        )
 
 
 class ConvLSTM3d(ConvLSTM):
@@ -379,5 +399,14 @@ class ConvLSTM3d(ConvLSTM):
     torch.Size([1, 3, 4, 4, 6, 6])
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int | list[int], kernel_size, num_layers: int | None = None, **kwargs) -> None:
-        super().__init__(in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=3, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        hidden_channels: int | list[int],
+        kernel_size,
+        num_layers: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(
+            in_channels, hidden_channels, kernel_size, num_layers, spatial_dims=3, **kwargs
+        )
