@@ -299,3 +299,15 @@ def test_forward_errors(index):
     make, kind, message = _forward_errors()[index]
     with pytest.raises(kind, match=re.escape(message)):
         make()
+
+
+def test_deterministic_given_a_seed():
+    def run():
+        torch.manual_seed(123)
+        layer = ConvLSTM2d(1, [4, 4], 3, dropout=0.2, recurrent_dropout=0.2)
+        out, _ = layer(torch.randn(2, 3, 1, 6, 6))
+        out.sum().backward()
+        return out, layer.cells[0].weight_hh.grad
+
+    (a, ga), (b, gb) = run(), run()
+    assert torch.equal(a, b) and torch.equal(ga, gb)
