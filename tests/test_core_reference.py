@@ -215,3 +215,15 @@ def test_every_parameter_receives_gradient():
     (out.square().mean() + states[-1][1].square().mean()).backward()
     for name, p in layer.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_streaming_through_strided_and_valid_layers():
+    layer = ConvLSTM(
+        2, [3, 4], 3, spatial_dims=2, stride=[2, 1], padding="valid", dtype=torch.float64
+    )
+    x = torch.randn(1, 4, 2, 11, 9, dtype=torch.float64)
+    full, _ = layer(x)
+    first, states = layer(x[:, :2])
+    assert states[0][0].shape == (1, 3, 5, 4) and states[1][0].shape == (1, 4, 3, 2)
+    second, _ = layer(x[:, 2:], states)
+    torch.testing.assert_close(torch.cat([first, second], 1), full, rtol=0, atol=1e-13)

@@ -270,9 +270,10 @@ class ConvLSTM(nn.Module):
             )
         checked: list[State | None] = []
         for index, cell in enumerate(self._ordered_cells()):
-            checked.append(cell.check_state(state[index], batch, size, f"state[{index}]"))
+            state_size = cell.output_size(size)
+            checked.append(cell.check_state(state[index], batch, state_size, f"state[{index}]"))
             if (index + 1) % directions == 0:
-                size = cell.output_size(size)
+                size = state_size
         return checked
 
     def _ordered_cells(self) -> list[ConvLSTMCell]:
