@@ -1,0 +1,284 @@
+"""Baseline forecasters to compare a model against.
+
+Every baseline has one signature, ``forecast(inputs, horizon) -> Tensor``: ``inputs`` is
+a float tensor ``(B, T_in, C, H, W)`` of past frames and the result is ``(B, horizon, C,
+H, W)``, on the device and with the dtype of ``inputs``. Extra options are keyword-only
+with defaults, so :func:`functools.partial` adapts a baseline without changing its
+signature.
+
+* :func:`persistence`: the last input frame, repeated.
+* :func:`zeros`: empty frames (no rain).
+* :func:`climatology`: the mean of the input frames, or a given constant or mean field.
+* :func:`optical_flow`: Lucas–Kanade motion and semi-Lagrangian extrapolation with
+  pysteps, the standard precipitation nowcasting baseline. It needs pysteps and OpenCV
+  (``pip install 'convlstm[nowcast]' opencv-python``); without them it raises
+  :class:`BaselineUnavailableError`, and :func:`available_baselines` leaves it out.
+
+>>> import torch
+>>> from convlstm.baselines import available_baselines, get_baseline
+>>> inputs = torch.rand(2, 5, 1, 16, 16)
+>>> for name in ("persistence", "zeros", "climatology"):
+...     print(name, tuple(get_baseline(name)(inputs, 3).shape))
+persistence (2, 3, 1, 16, 16)
+zeros (2, 3, 1, 16, 16)
+climatology (2, 3, 1, 16, 16)
+>>> {"persistence", "zeros", "climatology"} <= set(available_baselines())
+True
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BaselineUnavailableError",
+    "Forecaster",
+    "available_baselines",
+    "climatology",
+    "get_baseline",
+    "list_baselines",
+    "optical_flow",
+    "persistence",
+    "zeros",
+]
+
+Forecaster = Callable[[Tensor, int], Tensor]
+"""``forecast(inputs: (B, T_in, C, H, W), horizon: int) -> (B, horizon, C, H, W)``."""
+
+_NOWCAST_HINT = (
+    "install convlstm[nowcast] and OpenCV: pip install 'convlstm[nowcast]' opencv-python"
+)
+
+
+class BaselineUnavailableError(ImportError):
+    """A baseline's optional dependencies are missing; the message says what to install."""
+
+
+def _check_inputs(inputs: Tensor, horizon: int) -> tuple[int, int, int, int, int]:
+    """Validate a forecaster's arguments and return the shape of the forecast."""
+    if not isinstance(inputs, Tensor):
+        raise TypeError(
+            f"inputs must be a torch.Tensor of shape (B, T_in, C, H, W), "
+            f"got {type(inputs).__name__}"
+        )
+    if inputs.dim() != 5 or 0 in inputs.shape:
+        raise ValueError(
+            f"inputs must be a non-empty 5-D tensor (B, T_in, C, H, W), "
+            f"got shape {tuple(inputs.shape)}"
+        )
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a floating-point tensor, got dtype {inputs.dtype}")
+    if isinstance(horizon, bool) or not isinstance(horizon, Integral) or horizon < 1:
+        raise ValueError(f"horizon must be a positive int, got {horizon!r}")
+    batch, _, channels, height, width = inputs.shape
+    return batch, int(horizon), channels, height, width
+
+
+def persistence(inputs: Tensor, horizon: int) -> Tensor:
+    """Repeat the last input frame ``horizon`` times.
+
+    Args:
+        inputs: past frames ``(B, T_in, C, H, W)``.
+        horizon: number of frames to forecast.
+
+    Returns:
+        ``(B, horizon, C, H, W)``.
+
+    >>> import torch
+    >>> from convlstm.baselines import persistence
+    >>> inputs = torch.arange(3.0).reshape(1, 3, 1, 1, 1)
+    >>> persistence(inputs, 2).flatten().tolist()
+    [2.0, 2.0]
+    """
+    _check_inputs(inputs, horizon)
+    return inputs[:, -1:].repeat(1, horizon, 1, 1, 1)
+
+
+def zeros(inputs: Tensor, horizon: int) -> Tensor:
+    """Empty frames (all zeros): the "no rain" forecast.
+
+    Args:
+        inputs: past frames ``(B, T_in, C, H, W)`` (only their shape, dtype and device
+            are used).
+        horizon: number of frames to forecast.
+
+    Returns:
+        ``(B, horizon, C, H, W)`` of zeros.
+
+    >>> import torch
+    >>> from convlstm.baselines import zeros
+    >>> zeros(torch.ones(2, 4, 1, 3, 3), 5).abs().sum().item()
+    0.0
+    """
+    shape = _check_inputs(inputs, horizon)
+    return inputs.new_zeros(shape)
+
+
+def climatology(
+    inputs: Tensor, horizon: int, *, field: float | Tensor | np.ndarray | None = None
+) -> Tensor:
+    """Forecast a fixed field at every lead time.
+
+    Args:
+        inputs: past frames ``(B, T_in, C, H, W)``.
+        horizon: number of frames to forecast.
+        field: the field to forecast: ``None`` (default) for the mean of each sequence's
+            input frames, a constant, or a mean field (e.g. a training-set mean)
+            broadcastable to ``(C, H, W)``.
+
+    Returns:
+        ``(B, horizon, C, H, W)``.
+
+    >>> import torch
+    >>> from convlstm.baselines import climatology
+    >>> inputs = torch.tensor([1.0, 2.0, 6.0]).reshape(1, 3, 1, 1, 1)
+    >>> climatology(inputs, 2).flatten().tolist()
+    [3.0, 3.0]
+    >>> climatology(inputs, 2, field=0.5).flatten().tolist()
+    [0.5, 0.5]
+    """
+    shape = _check_inputs(inputs, horizon)
+    if field is None:
+        mean = inputs.mean(dim=1, keepdim=True)
+    else:
+        values = torch.as_tensor(field, dtype=inputs.dtype, device=inputs.device)
+        frame = tuple(inputs.shape[2:])
+        try:
+            broadcast = torch.broadcast_shapes(values.shape, frame)
+        except RuntimeError:
+            broadcast = None
+        if broadcast != frame:
+            raise ValueError(
+                f"field must be a number or broadcastable to (C, H, W) = {frame}, "
+                f"got shape {tuple(values.shape)}"
+            )
+        mean = values.expand(frame)
+    return mean.expand(shape).clone()
+
+
+def _pysteps_methods() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """pysteps' Lucas–Kanade motion and semi-Lagrangian extrapolation methods.
+
+    Raises:
+        BaselineUnavailableError: when pysteps or OpenCV cannot be imported.
+    """
+    try:
+        for module in ("pysteps", "cv2"):  # pysteps' Lucas–Kanade is built on OpenCV
+            importlib.import_module(module)
+        from pysteps import extrapolation, motion
+    except ImportError as error:
+        raise BaselineUnavailableError(
+            f"the optical_flow baseline needs pysteps and OpenCV ({error}): {_NOWCAST_HINT}"
+        ) from error
+    return motion.get_method("LK"), extrapolation.get_method("semilagrangian")
+
+
+def optical_flow(inputs: Tensor, horizon: int, *, outval: float = 0.0) -> Tensor:
+    """Extrapolate the last frame along the motion of the input frames (pysteps).
+
+    For each sequence and channel, pysteps estimates a motion field from the input frames
+    with Lucas–Kanade (``pysteps.motion.get_method("LK")``) and advects the last frame
+    with semi-Lagrangian extrapolation
+    (``pysteps.extrapolation.get_method("semilagrangian")``), on the CPU in float64.
+
+    Args:
+        inputs: past frames ``(B, T_in, C, H, W)`` with ``T_in >= 2``.
+        horizon: number of frames to forecast.
+        outval: value of pixels advected in from outside the domain (0: no rain).
+
+    Returns:
+        ``(B, horizon, C, H, W)``.
+
+    Raises:
+        BaselineUnavailableError: pysteps or OpenCV is missing.
+
+    >>> import torch
+    >>> from convlstm.baselines import available_baselines, optical_flow
+    >>> frames = torch.rand(1, 3, 1, 32, 32)
+    >>> "optical_flow" not in available_baselines() or optical_flow(frames, 2).shape == (
+    ...     1, 2, 1, 32, 32)
+    True
+    """
+    shape = _check_inputs(inputs, horizon)
+    if inputs.shape[1] < 2:
+        raise ValueError(
+            f"optical_flow needs at least 2 input frames (T_in >= 2), "
+            f"got inputs of shape {tuple(inputs.shape)}"
+        )
+    estimate_motion, extrapolate = _pysteps_methods()
+    frames = inputs.detach().to("cpu", torch.float64).numpy()
+    forecast = np.empty(shape, dtype=np.float64)
+    for b in range(shape[0]):
+        for c in range(shape[2]):
+            sequence = frames[b, :, c]
+            velocity = estimate_motion(sequence)
+            forecast[b, :, c] = extrapolate(sequence[-1], velocity, horizon, outval=outval)
+    return torch.from_numpy(forecast).to(device=inputs.device, dtype=inputs.dtype)
+
+
+_BASELINES: dict[str, Forecaster] = {
+    "persistence": persistence,
+    "zeros": zeros,
+    "climatology": climatology,
+    "optical_flow": optical_flow,
+}
+_REQUIREMENTS: dict[str, Callable[[], object]] = {"optical_flow": _pysteps_methods}
+
+
+def list_baselines() -> list[str]:
+    """Names of all registered baselines, usable here or not.
+
+    >>> from convlstm.baselines import list_baselines
+    >>> list_baselines()
+    ['persistence', 'zeros', 'climatology', 'optical_flow']
+    """
+    return list(_BASELINES)
+
+
+def available_baselines() -> list[str]:
+    """Names of the baselines whose dependencies are installed here.
+
+    A registered name missing from this list raises :class:`BaselineUnavailableError`
+    from :func:`get_baseline`, whose message says what to install; print it to explain
+    why a baseline is skipped.
+
+    >>> from convlstm.baselines import available_baselines
+    >>> available_baselines()[:3]
+    ['persistence', 'zeros', 'climatology']
+    """
+    usable = []
+    for name in _BASELINES:
+        try:
+            _REQUIREMENTS.get(name, lambda: None)()
+        except BaselineUnavailableError:
+            continue
+        usable.append(name)
+    return usable
+
+
+def get_baseline(name: str) -> Forecaster:
+    """The baseline called ``name`` (see :func:`list_baselines`).
+
+    Raises:
+        ValueError: unknown name; the message lists the valid ones.
+        BaselineUnavailableError: the baseline's dependencies are missing here.
+
+    >>> import torch
+    >>> from convlstm.baselines import get_baseline
+    >>> get_baseline("persistence")(torch.ones(1, 2, 1, 4, 4), 3).shape
+    torch.Size([1, 3, 1, 4, 4])
+    """
+    if name not in _BASELINES:
+        raise ValueError(
+            f"unknown baseline {name!r}; valid baselines: {', '.join(list_baselines())}"
+        )
+    if name in _REQUIREMENTS:
+        _REQUIREMENTS[name]()
+    return _BASELINES[name]
