@@ -1,0 +1,537 @@
+"""Evaluation of a forecaster against baselines over a dataset, and ``convlstm evaluate``.
+
+:func:`evaluate` runs a model and baseline forecasters over a dataset of ``(inputs, targets)``
+pairs (``(T_in, C, H, W)``, ``(T_out, C, H, W)``) in a fixed order, feeding one
+:class:`~convlstm.metrics.ForecastMetrics` per forecaster, and returns plain JSON-ready results.
+:func:`~convlstm.report.write_report` turns them into a report folder;
+:func:`evaluate_checkpoint` does both for a saved checkpoint.
+
+Metric conventions (also written into every result): MSE/MAE per frame are summed over the
+pixels (and channels) of a frame, then averaged over frames and sequences; per pixel is the
+plain mean. SSIM and PSNR use ``data_range`` (1 for [0, 1] data) on predictions clipped to
+``clip`` (``[0, 1]`` by default). Categorical scores (CSI, POD, FAR, HSS, bias) count an event
+where ``value >= threshold``, on unclipped predictions, pooled over all lead times for the
+overall value. Undefined scores (zero denominators) and infinite PSNR (a perfect frame) are
+``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+import convlstm
+from convlstm._checks import check_positive
+from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
+from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
+from convlstm.models import EncoderForecaster
+from convlstm.predict import (
+    CliError,
+    check_targets,
+    default_device,
+    inference,
+    model_device,
+    positive_int,
+    run_cli,
+)
+from convlstm.report import Sample, json_safe, write_report
+
+__all__ = [
+    "CONVENTIONS",
+    "DATA_LAYOUTS",
+    "GENERATED_DATASETS",
+    "add_parser",
+    "check_fit",
+    "collect_samples",
+    "evaluate",
+    "evaluate_checkpoint",
+    "parse_numbers",
+    "resolve_dataset",
+    "sample_indices",
+]
+
+Forecaster = Callable[[Tensor, int], Tensor]
+
+CONVENTIONS: dict[str, str] = {
+    "mse_frame, mae_frame": "squared/absolute error summed over the pixels and channels of a "
+    "frame, averaged over frames and sequences (Moving MNIST literature convention)",
+    "mse_pixel, mae_pixel": "plain mean over pixels, channels, frames and sequences",
+    "ssim, psnr": "per frame (torchmetrics; SSIM 11x11 Gaussian window, sigma 1.5), averaged "
+    "over frames, with data_range from settings on predictions clipped to settings.clip",
+    "categorical": "csi/pod/far/hss/bias@threshold: event where value >= threshold, on "
+    "unclipped predictions; overall = scores of the contingency table pooled over lead times",
+    "overall": "mean over all frames of all lead times; per_lead_time[k] is lead time k + 1",
+    "null": "undefined (zero denominator) or infinite (PSNR of a perfect frame)",
+}
+
+
+def _resolve_baselines(
+    baselines: Sequence[str] | Mapping[str, Forecaster],
+) -> dict[str, Forecaster]:
+    """Names (looked up with :func:`convlstm.baselines.get_baseline`) or a name -> callable map."""
+    if isinstance(baselines, Mapping):
+        return dict(baselines)
+    if isinstance(baselines, str):
+        baselines = (baselines,)
+    from convlstm.baselines import get_baseline
+
+    return {name: get_baseline(name) for name in baselines}
+
+
+def _first_pair(dataset: Dataset) -> tuple[Tensor, Tensor]:
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("the dataset is empty")
+    inputs, targets = dataset[0]
+    inputs, targets = torch.as_tensor(inputs), torch.as_tensor(targets)
+    if inputs.ndim != 4 or targets.ndim != 4 or inputs.shape[1:] != targets.shape[1:]:
+        raise ValueError(
+            "dataset items must be (inputs (T_in, C, H, W), targets (T_out, C, H, W)); "
+            f"got {tuple(inputs.shape)} and {tuple(targets.shape)}"
+        )
+    return inputs, targets
+
+
+def _limit(dataset: Dataset, num_samples: int | None) -> Dataset:
+    if num_samples is None:
+        return dataset
+    check_positive(num_samples, "num_samples")
+    return Subset(dataset, range(min(num_samples, len(dataset))))  # type: ignore[arg-type]
+
+
+def _run(forecaster: Forecaster, name: str, inputs: Tensor, horizon: int) -> Tensor:
+    forecast = forecaster(inputs, horizon)
+    expected = (inputs.shape[0], horizon, *inputs.shape[2:])
+    if not isinstance(forecast, Tensor) or tuple(forecast.shape) != expected:
+        got = tuple(forecast.shape) if isinstance(forecast, Tensor) else type(forecast).__name__
+        raise ValueError(f"forecaster {name!r} returned {got}, expected shape {expected}")
+    return forecast
+
+
+def evaluate(
+    forecaster: Forecaster,
+    dataset: Dataset,
+    *,
+    horizon: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    baselines: Sequence[str] | Mapping[str, Forecaster] = ("persistence", "zeros"),
+    thresholds: Sequence[float] | None = None,
+    num_samples: int | None = None,
+    progress: bool = True,
+    data_range: float = 1.0,
+    clip: tuple[float, float] | None = DEFAULT_CLIP,
+    name: str = "model",
+) -> dict[str, Any]:
+    """Score ``forecaster`` and baselines on ``dataset``; return JSON-ready results.
+
+    Args:
+        forecaster: ``forecaster(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``;
+            an ``nn.Module`` runs in eval mode (its mode is restored afterwards).
+        dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``, read in index
+            order.
+        horizon: lead times to score, at most ``T_out`` (default ``T_out``); targets are cut to it.
+        batch_size: sequences per forecaster call.
+        device: where the forecasters run; default the model's device.
+        baselines: names for :func:`convlstm.baselines.get_baseline`, or a ``{name: forecaster}``
+            mapping; each is scored like the model.
+        thresholds: event thresholds for categorical scores (radar data), or ``None``.
+        num_samples: score only the first ``num_samples`` sequences.
+        progress: show a progress bar (on stderr, when it is a terminal).
+        data_range, clip: for SSIM/PSNR and the clipping of predictions (see
+            :class:`~convlstm.metrics.ForecastMetrics`); ``clip=None`` for radar data.
+        name: the model's name in the results.
+
+    Returns:
+        ``{"convlstm_version", "dataset": {...}, "settings": {...}, "conventions": {...},
+        "forecasters": {name: {metric: {"overall": float | None, "per_lead_time": [...]}}}}``
+        with the model first, then the baselines in the given order.
+
+    >>> from torch import nn
+    >>> class Last(nn.Module):
+    ...     def forward(self, x, horizon):
+    ...         return x[:, -1:].expand(-1, horizon, -1, -1, -1)
+    >>> data = [(torch.rand(3, 1, 8, 8), torch.rand(2, 1, 8, 8)) for _ in range(5)]
+    >>> zeros = lambda x, horizon: x.new_zeros(x.shape[0], horizon, *x.shape[2:])
+    >>> r = evaluate(Last(), data, baselines={"zeros": zeros}, progress=False)
+    >>> list(r["forecasters"]), len(r["forecasters"]["model"]["ssim"]["per_lead_time"])
+    (['model', 'zeros'], 2)
+    """
+    check_positive(batch_size, "batch_size")
+    inputs0, targets0 = _first_pair(dataset)
+    horizon = targets0.shape[0] if horizon is None else check_positive(horizon, "horizon")
+    if horizon > targets0.shape[0]:
+        raise ValueError(f"horizon {horizon} exceeds the dataset's {targets0.shape[0]} targets")
+    others = _resolve_baselines(baselines)
+    if name in others:
+        raise ValueError(f"a baseline is named {name!r} like the model; pass another name=")
+    forecasters = {name: forecaster} | others
+    device = torch.device(device) if device is not None else model_device(forecaster)
+    metrics = {
+        key: ForecastMetrics(data_range=data_range, clip=clip, thresholds=thresholds)
+        for key in forecasters
+    }
+    subset = _limit(dataset, num_samples)
+    loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    with inference(forecaster):
+        bar = tqdm(loader, desc="evaluate", unit="batch", disable=None if progress else True)
+        for inputs, targets in bar:
+            inputs = inputs.to(device, torch.float32)
+            targets = targets[:, :horizon].to(device, torch.float32)
+            for key, run in forecasters.items():
+                metrics[key].update(_run(run, key, inputs, horizon).float(), targets)
+    return json_safe(
+        {
+            "convlstm_version": convlstm.__version__,
+            "dataset": {
+                "name": getattr(dataset, "name", type(dataset).__name__),
+                "num_sequences": len(subset),  # type: ignore[arg-type]
+                "input_len": inputs0.shape[0],
+                "horizon": horizon,
+                "frame_shape": list(inputs0.shape[1:]),
+            },
+            "settings": {
+                "data_range": float(data_range),
+                "clip": None if clip is None else [float(c) for c in clip],
+                "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            },
+            "conventions": CONVENTIONS,
+            "forecasters": {key: m.compute() for key, m in metrics.items()},
+        }
+    )
+
+
+def sample_indices(length: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)`` (first and last included).
+
+    >>> sample_indices(100, 3), sample_indices(2, 5)
+    ([0, 50, 99], [0, 1])
+    """
+    if length <= 0 or count <= 0:
+        return []
+    return sorted({round(float(i)) for i in np.linspace(0, length - 1, min(count, length))})
+
+
+def collect_samples(
+    forecaster: Forecaster,
+    dataset: Dataset,
+    indices: Sequence[int],
+    *,
+    horizon: int | None = None,
+    device: str | torch.device | None = None,
+) -> list[Sample]:
+    """Forecasts of ``forecaster`` for the sequences ``indices`` of ``dataset``, as
+    :class:`~convlstm.report.Sample` arrays for :func:`~convlstm.report.write_report`."""
+    device = torch.device(device) if device is not None else model_device(forecaster)
+    samples = []
+    with inference(forecaster):
+        for index in indices:
+            inputs, targets = (torch.as_tensor(a) for a in dataset[index])
+            steps = targets.shape[0] if horizon is None else horizon
+            batch = inputs[None].to(device, torch.float32)
+            forecast = _run(forecaster, "model", batch, steps)[0].float().cpu()
+            samples.append(Sample(index, inputs.numpy(), targets[:steps].numpy(), forecast.numpy()))
+    return samples
+
+
+GENERATED_DATASETS = ("moving_mnist", "radar")
+"""Dataset names :func:`evaluate_checkpoint` generates (with the validation seed and digits)."""
+
+DATA_LAYOUTS = ("moving_mnist", "samples", "record")
+_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}  # option naming the file
+_RANGE_PROBE = 16  # sequences whose largest target sets data_range for unbounded models
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def _is_moving_mnist_file(path: Path) -> bool:
+    """A 4-D ``uint8`` ``.npy``: the published Moving MNIST layout ``(T, N, H, W)``."""
+    if path.suffix.lower() != ".npy":
+        return False
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: cannot read it as .npy ({error})") from None
+    return array.ndim == 4 and array.dtype == np.uint8
+
+
+def _same_file(a: str | os.PathLike[str], b: object) -> bool:
+    return isinstance(b, str | os.PathLike) and Path(b).exists() and Path(a).samefile(b)
+
+
+def _file_dataset(
+    path: Path, cfg: Mapping[str, Any], input_len: int, output_len: int, layout: str | None
+) -> Dataset:
+    """A file's dataset: the training file's validation split as in training, the Moving MNIST
+    layout, or the user's arrays read like the training arrays."""
+    trained = _normalise(cfg["name"])
+    options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
+    if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
+        split = {"split": "val"} if trained == "array" else {}
+        return get_dataset(trained, **split, **options, input_len=input_len, output_len=output_len)
+    if layout == "moving_mnist" or (
+        layout is None and trained != "array" and _is_moving_mnist_file(path)
+    ):
+        return MovingMNISTFile(path, input_len, output_len)
+    reading = ("layout", "key", "dataset", "scale", "transform")
+    extra = {k: options[k] for k in reading if k in options} if trained == "array" else {}
+    if layout is not None:
+        extra["layout"] = layout
+    return ArrayDataset(path, input_len, output_len, **extra)
+
+
+def resolve_dataset(
+    data: str | os.PathLike[str],
+    config: Mapping[str, Any],
+    *,
+    num_samples: int | None = None,
+    horizon: int | None = None,
+    layout: str | None = None,
+) -> Dataset:
+    """The dataset named or stored at ``data``, cut like the checkpoint's training data.
+
+    * the file the checkpoint was trained on (``layout=None``): its validation split, built
+      with the training options (as :func:`convlstm.training.build_datasets` does);
+    * another existing path: ``layout="moving_mnist"``, or (unless the checkpoint was trained
+      on arrays) a ``.npy`` holding a 4-D ``uint8`` array, is read as the published Moving
+      MNIST layout ``(T, N, H, W)`` (:class:`~convlstm.data.MovingMNISTFile`); any other file
+      is the user's arrays (:class:`~convlstm.data.ArrayDataset`, ``layout`` ``"samples"`` for
+      ``(N, T, [C,] H, W)`` or ``"record"`` for ``(T, [C,] H, W)``), read with the training
+      arrays' ``layout``, ``key``, ``scale`` and ``transform`` when the checkpoint was trained
+      on arrays;
+    * a name in :data:`GENERATED_DATASETS`: generated with the validation seed (and, for
+      ``moving_mnist``, the validation digits, never seen in training); with the training
+      data's options when it is the dataset the checkpoint was trained on.
+
+    ``config`` is the checkpoint's configuration (``config["data"]["input_len"]`` etc.);
+    ``num_samples`` sizes a generated dataset (default ``config["data"]["val_samples"]``);
+    ``horizon`` (default ``config["data"]["horizon"]``) is the number of target frames.
+    """
+    cfg = config["data"]
+    input_len, output_len = cfg["input_len"], horizon or cfg["horizon"]
+    if layout is not None and layout not in DATA_LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(DATA_LAYOUTS)}, got {layout!r}")
+    path = Path(data)
+    if path.exists():
+        return _file_dataset(path, cfg, input_len, output_len, layout)
+    name = _normalise(str(data))
+    if name in GENERATED_DATASETS:
+        options: dict[str, Any] = {
+            "num_samples": cfg.get("val_samples") or 256,
+            "seed": cfg.get("val_seed", 1),
+        }
+        if name == "moving_mnist":
+            options["digits"] = "val"
+        if name == _normalise(cfg["name"]):
+            options |= {**cfg.get("options", {}), **cfg.get("val_options", {})}
+        if num_samples is not None:
+            options["num_samples"] = num_samples
+        return get_dataset(name, **options, input_len=input_len, output_len=output_len)
+    if name in list_datasets():
+        raise ValueError(f"dataset {data!r} reads a file: pass the file's path as the data")
+    raise FileNotFoundError(
+        f"{data}: no such file, and not a generated dataset ({', '.join(GENERATED_DATASETS)})"
+    )
+
+
+def check_fit(model: EncoderForecaster, dataset: Dataset, source: str) -> tuple[int, ...]:
+    """Raise ``ValueError`` naming ``source`` and the field unless the dataset's frames fit the
+    checkpoint's model (channels, and frame size a multiple of the patch size). Returns the
+    frame shape ``(C, H, W)``."""
+    inputs, _ = _first_pair(dataset)
+    channels, height, width = inputs.shape[1:]
+    if channels != model.in_channels:
+        raise ValueError(
+            f"{source}: frames have {channels} channel(s) (C of (T, C, H, W) = "
+            f"{tuple(inputs.shape)}) but the checkpoint's model takes "
+            f"model_config.in_channels = {model.in_channels}"
+        )
+    patch = model.patch_size
+    if height % patch or width % patch:
+        raise ValueError(
+            f"{source}: frame size {height}x{width} (H, W of (T, C, H, W) = "
+            f"{tuple(inputs.shape)}) is not a multiple of the checkpoint's "
+            f"model_config.patch_size = {patch}"
+        )
+    return tuple(inputs.shape[1:])
+
+
+def _value_settings(
+    model: EncoderForecaster, dataset: Dataset, data_range: float | None
+) -> tuple[float, tuple[float, float] | None]:
+    """``(data_range, clip)``: ``(1, (0, 1))`` for a sigmoid model (data in [0, 1]); for an
+    unbounded one no clipping and ``data_range`` given, else the largest target value of the
+    first sequences."""
+    if model.output_activation == "sigmoid":
+        return (1.0 if data_range is None else data_range), DEFAULT_CLIP
+    if data_range is None:
+        count = min(len(dataset), _RANGE_PROBE)  # type: ignore[arg-type]
+        largest = max(float(torch.as_tensor(dataset[i][1]).max()) for i in range(count))
+        data_range = largest if largest > 0 else 1.0
+    return data_range, None
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    batch_size: int = 16,
+    num_samples: int | None = None,
+    overwrite: bool = False,
+    thresholds: Sequence[float] | None = None,
+    horizon: int | None = None,
+    layout: str | None = None,
+    baselines: Sequence[str] = ("persistence", "zeros"),
+    num_gifs: int = 3,
+    data_range: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a saved checkpoint on ``data`` and write a report folder to ``out_dir``.
+
+    ``data`` is resolved by :func:`resolve_dataset`; the frames are checked against the model
+    (:func:`check_fit`). Data of sigmoid models are taken to lie in [0, 1] (``data_range=1``,
+    predictions clipped to [0, 1]); for unbounded models predictions are not clipped and
+    ``data_range`` defaults to the largest target value among the first 16 sequences.
+    ``num_gifs`` sequences, spread over the data, are animated. Other arguments are those of
+    :func:`evaluate` and :func:`~convlstm.report.write_report`.
+
+    Returns:
+        the results written to ``out_dir/metrics.json``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is false (before any work).
+        convlstm.checkpoint.CheckpointError: unreadable checkpoint.
+        ValueError: data that cannot be read or do not fit the model.
+    """
+    from convlstm.checkpoint import load_model
+
+    if os.path.lexists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
+    device = default_device(device)
+    model, config = load_model(checkpoint, map_location=device)
+    dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
+    check_fit(model, dataset, str(data))
+    data_range, clip = _value_settings(model, dataset, data_range)
+    results = evaluate(
+        model,
+        dataset,
+        batch_size=batch_size,
+        device=device,
+        baselines=baselines,
+        thresholds=thresholds,
+        num_samples=num_samples,
+        progress=progress,
+        data_range=data_range,
+        clip=clip,
+    )
+    results["dataset"]["name"] = str(data)
+    results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
+    count = results["dataset"]["num_sequences"]
+    samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
+    write_report(results, out_dir, samples=samples, overwrite=overwrite)
+    return results
+
+
+def parse_numbers(text: str, option: str) -> list[float]:
+    """``"0.5,2,5"`` -> ``[0.5, 2.0, 5.0]``; a ``CliError`` (exit 2) naming ``option`` otherwise.
+
+    >>> parse_numbers("0.5, 2,5", "--thresholds")
+    [0.5, 2.0, 5.0]
+    """
+    values = []
+    for item in text.split(","):
+        try:
+            value = float(item)
+        except ValueError:
+            raise CliError(f"{option}: {item.strip()!r} is not a number (in {text!r})", 2) from None
+        if not math.isfinite(value):
+            raise CliError(f"{option}: {item.strip()!r} is not a finite number", 2)
+        values.append(value)
+    return values
+
+
+def _evaluate_command(args: argparse.Namespace) -> None:
+    thresholds = None if args.thresholds is None else parse_numbers(args.thresholds, "--thresholds")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    from convlstm.baselines import list_baselines
+
+    unknown = [b for b in baselines if b not in list_baselines()]
+    if unknown:
+        raise CliError(
+            f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
+        )
+    check_targets([args.out], args.overwrite)
+    results = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
+        overwrite=args.overwrite,
+        thresholds=thresholds,
+        horizon=args.horizon,
+        layout=args.layout,
+        baselines=baselines,
+        num_gifs=args.gifs,
+        data_range=args.data_range,
+    )
+    model = results["forecasters"]["model"]
+    print(
+        f"{results['dataset']['num_sequences']} sequences: MSE/frame "
+        f"{model['mse_frame']['overall']:.4g}, SSIM {model['ssim']['overall']:.4g}; "
+        f"report in {args.out}"
+    )
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``convlstm evaluate`` on an ``argparse`` sub-parser collection."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a checkpoint against baselines and write a report folder",
+        description=(
+            "Evaluate CKPT on DATA against baselines; write DIR/ with metrics.json, summary.md, "
+            "summary.html, per-lead-time curves and animated samples. DATA is a generated "
+            "dataset (moving_mnist: validation digits; radar) or a file: a 4-D uint8 .npy is "
+            "read as the published Moving MNIST layout (T, N, H, W), other arrays as your own "
+            "(--layout samples|record)."
+        ),
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
+    )
+    parser.add_argument("--data", required=True, help="dataset name or file")
+    parser.add_argument("--out", required=True, metavar="DIR", help="report folder to create")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")
+    parser.add_argument(
+        "--num-samples", type=positive_int, help="sequences to score (default: all / val_samples)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument(
+        "--thresholds", metavar="T1,T2,...", help="event thresholds for CSI/POD/FAR/HSS/bias"
+    )
+    parser.add_argument("--horizon", type=positive_int, help="lead times (default: trained)")
+    parser.add_argument("--layout", choices=DATA_LAYOUTS, help="how to read a data file")
+    parser.add_argument(
+        "--baselines", default="persistence,zeros", help="comma-separated baseline names"
+    )
+    parser.add_argument(
+        "--gifs", type=int, default=3, help="sequences to animate (default 3, 0: none)"
+    )
+    parser.add_argument("--data-range", type=float, help="SSIM/PSNR data range (unbounded data)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    parser.set_defaults(handler=lambda args: run_cli("convlstm evaluate", _evaluate_command, args))
+    return parser
