@@ -1,0 +1,232 @@
+"""Self-describing training checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is one dict of tensors and plain Python values (so
+``torch.load(path, weights_only=True)`` can read it, without unpickling arbitrary objects):
+
+=================  ==========================================================================
+key                value
+=================  ==========================================================================
+format             ``"convlstm.checkpoint"``
+format_version     :data:`FORMAT_VERSION`
+model_name         the registered model name (``convlstm.models.list_models()``)
+model_config       the model's constructor arguments (``EncoderForecaster(**model_config)``)
+model_state        ``model.state_dict()``
+config             the full resolved training configuration (nested plain values)
+optimizer          ``optimizer.state_dict()`` (``None`` in weights-only exports)
+scheduler          ``scheduler.state_dict()``
+grad_scaler        the gradient scaler's state, or ``None`` (bf16/fp32 need none)
+epoch, step        the epoch and the global optimiser step reached; ``epoch_step`` the steps
+                   done inside ``epoch`` (0 at an epoch boundary)
+best_metric        best validation loss so far (``None`` before the first validation)
+rng                RNG states of torch (CPU and CUDA), numpy and Python's ``random``
+trainer            the trainer's bookkeeping (planned steps, skipped steps, ...)
+=================  ==========================================================================
+
+Files are written with a temporary file in the same folder, flushed and fsync'ed, then renamed
+over the target (:func:`convlstm._atomic.atomic_file`), so a crash leaves the previous file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlstm._atomic import atomic_file
+from convlstm.models import EncoderForecaster
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "capture_rng",
+    "load_checkpoint",
+    "load_model",
+    "load_state_checked",
+    "make_checkpoint",
+    "restore_rng",
+    "save_checkpoint",
+]
+
+FORMAT = "convlstm.checkpoint"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "model_name", "model_config", "model_state", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, of another format, or that does not fit."""
+
+
+def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (replacing an existing file).
+
+    >>> import tempfile, pathlib
+    >>> model = EncoderForecaster(1, [4], 3, patch_size=2)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "last.pt"
+    >>> _ = save_checkpoint(path, make_checkpoint(model, "moving_mnist", {}))
+    >>> load_model(path)[0].config == model.config
+    True
+    """
+    missing = [key for key in _REQUIRED if key not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint is missing the key(s) {', '.join(missing)}")
+    with atomic_file(path, overwrite=True) as handle:
+        torch.save(checkpoint, handle)
+    return Path(path)
+
+
+def make_checkpoint(
+    model: EncoderForecaster, model_name: str, config: dict[str, Any], **state: Any
+) -> dict[str, Any]:
+    """A checkpoint dict for ``model`` (see the module docstring), plus ``state`` entries."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "model_config": dict(model.config),
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "torch_version": str(torch.__version__),
+        **state,
+    }
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt, or not a convlstm checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt?): {reason}"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a convlstm checkpoint (no format={FORMAT!r} entry)")
+    version = checkpoint.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this convlstm reads versions "
+            f"up to {FORMAT_VERSION}"
+        )
+    missing = [key for key in _REQUIRED if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the entries {', '.join(missing)}")
+    return checkpoint
+
+
+def load_state_checked(module: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load ``state`` into ``module`` after checking that every key and shape matches.
+
+    Raises:
+        CheckpointError: listing the missing and unexpected keys and the differing shapes.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+        for key in sorted(set(own) & set(state))
+        if tuple(state[key].shape) != tuple(own[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatches: {'; '.join(shapes)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: {' | '.join(problems)}")
+    module.load_state_dict(state)
+
+
+def load_model(
+    path: str | os.PathLike[str], map_location: Any = "cpu"
+) -> tuple[EncoderForecaster, dict[str, Any]]:
+    """The model stored in checkpoint ``path`` (in eval mode) and the run's configuration.
+
+    Returns:
+        ``(model, config)``: the :class:`~convlstm.models.EncoderForecaster` with its weights on
+        ``map_location``, and the training configuration as nested plain values
+        (``config["data"]["horizon"]``, ...; see :mod:`convlstm.config`).
+
+    Raises:
+        CheckpointError: missing/corrupt file, or weights that do not fit the stored model.
+    """
+    checkpoint = load_checkpoint(path, map_location)
+    try:
+        model = EncoderForecaster(**checkpoint["model_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} has an invalid model_config: {error}") from None
+    load_state_checked(model, checkpoint["model_state"], f"checkpoint {path}")
+    return model.to(map_location).eval(), checkpoint["config"]
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+
+def capture_rng() -> dict[str, Any]:
+    """The states of torch's (CPU and CUDA), numpy's global and Python's ``random`` generators,
+    as tensors and plain values (readable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "python": {
+            "version": version,
+            "state": torch.tensor(internal, dtype=torch.int64),
+            "gauss": gauss,
+        },
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore generator states captured by :func:`capture_rng`.
+
+    >>> state = capture_rng(); a = torch.rand(1); restore_rng(state)
+    >>> bool(torch.equal(a, torch.rand(1)))
+    True
+    """
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    numpy = state["numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (
+            numpy["kind"],
+            numpy["keys"].numpy().astype(np.uint32),
+            numpy["pos"],
+            numpy["has_gauss"],
+            numpy["cached"],
+        )
+    )
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))

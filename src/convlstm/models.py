@@ -1,0 +1,352 @@
+"""Forecasting models: the encoder-forecaster ConvLSTM of Shi et al. (2015) and a registry.
+
+Shape legend: ``B`` batch, ``T_in`` input frames, ``C`` frame channels, ``H, W`` frame size,
+``p`` the patch size; inside the model frames are ``(C*p*p, H/p, W/p)`` patches.
+
+The model (:class:`EncoderForecaster`):
+
+* optional space-to-depth patching (``patch_size=4`` turns a ``64×64×1`` frame into a
+  ``16×16×16`` tensor, as in the paper) with :func:`torch.nn.functional.pixel_unshuffle`;
+* an **encoder**, a :class:`~convlstm.layers.ConvLSTM2d` stack, reads the ``T_in`` input frames
+  (its input convolutions are batched over time);
+* a **forecaster**, a second stack of the same shape, starts from the encoder's final states and
+  unrolls ``horizon`` steps. At each step it reads the previous frame (the last input frame, then
+  its own prediction, or the ground truth under teacher forcing). With ``shared=True`` the
+  encoder itself goes on as the forecaster;
+* a **readout**, one small convolution from the forecaster's hidden states of *all* layers
+  concatenated (the paper's choice; ``readout="top"`` uses the top layer only) to a frame.
+  With ``residual=True`` the readout predicts the change from the previous frame.
+
+Every parameter takes part in every forward pass, so DistributedDataParallel needs no
+``find_unused_parameters``.
+
+>>> model = create_model("moving_mnist", hidden_channels=[8], kernel_size=3)
+>>> model(torch.rand(2, 10, 1, 64, 64), horizon=3).shape
+torch.Size([2, 3, 1, 64, 64])
+"""
+
+from __future__ import annotations
+
+import copy
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from convlstm._checks import check_choice, check_positive
+from convlstm.layers import ConvLSTM2d
+
+__all__ = [
+    "MODEL_PARAMETERS",
+    "EncoderForecaster",
+    "create_model",
+    "list_models",
+    "model_config",
+]
+
+READOUTS = ("concat", "top")
+OUTPUT_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+class EncoderForecaster(nn.Module):
+    """Encoder-forecaster ConvLSTM (Shi et al., 2015) for sequence-to-sequence forecasting.
+
+    Args:
+        in_channels: channels ``C`` of the frames.
+        hidden_channels: hidden channels per layer, one int per layer (the list's length is the
+            depth). The encoder and the forecaster have the same layers.
+        kernel_size: kernel of every layer (an int), or one int per layer.
+        patch_size: space-to-depth factor ``p``; ``H`` and ``W`` must be multiples of it.
+        readout: ``"concat"`` maps the hidden states of all forecaster layers, concatenated, to a
+            frame (as in the paper); ``"top"`` uses the top layer only.
+        readout_kernel: kernel of the readout convolution (odd: 1 or 3).
+        residual: predict the difference from the previous frame instead of the frame.
+        output_activation: ``"sigmoid"`` for data in [0, 1], ``"identity"`` for unbounded data
+            (required by ``residual=True``, whose sum of frame and change is not squashed).
+        norm: normalisation of the ConvLSTM gates (``None``, ``"layer"``, ``"group"``).
+        peephole: ``None`` or ``"channel"`` peepholes in every cell.
+        shared: one stack both reads and forecasts (as in OpenSTL's ConvLSTM): its output after
+            the last input frame gives the first forecast frame, and every later step reads the
+            previous frame. ``False`` (default) uses separate encoder and forecaster stacks.
+
+    Inputs: ``inputs, horizon, *, targets=None, teacher_forcing=0.0``
+        - ``inputs``: ``(B, T_in, C, H, W)``.
+        - ``horizon``: number of frames to forecast, chosen per call.
+        - ``targets``: ``(B, T, C, H, W)`` with ``T >= horizon - 1`` ground-truth future frames,
+          needed when ``teacher_forcing > 0``.
+        - ``teacher_forcing``: probability, per sequence and step, of feeding the forecaster the
+          ground-truth previous frame instead of its own prediction (scheduled sampling); it
+          draws from torch's global generator.
+
+    Output: ``(B, horizon, C, H, W)``.
+
+    Example:
+        >>> model = EncoderForecaster(1, [8, 8], [3, 3], patch_size=4)
+        >>> x = torch.rand(2, 5, 1, 16, 16)
+        >>> model(x, horizon=2).shape, model(x, horizon=7).shape
+        (torch.Size([2, 2, 1, 16, 16]), torch.Size([2, 7, 1, 16, 16]))
+        >>> y = model(x, 3, targets=torch.rand(2, 3, 1, 16, 16), teacher_forcing=0.5)
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden_channels: list[int] | int = 64,
+        kernel_size: list[int] | int = 3,
+        *,
+        patch_size: int = 4,
+        readout: str = "concat",
+        readout_kernel: int = 1,
+        residual: bool = False,
+        output_activation: str = "sigmoid",
+        norm: str | None = None,
+        peephole: str | None = None,
+        shared: bool = False,
+    ) -> None:
+        super().__init__()
+        hidden = [hidden_channels] if isinstance(hidden_channels, int) else list(hidden_channels)
+        if not hidden:
+            raise ValueError("hidden_channels must list at least one layer, got []")
+        for i, h in enumerate(hidden):
+            check_positive(h, f"hidden_channels[{i}]")
+        kernels = [kernel_size] * len(hidden) if isinstance(kernel_size, int) else list(kernel_size)
+        if len(kernels) != len(hidden):
+            raise ValueError(
+                f"kernel_size must be an int or one per layer ({len(hidden)}), got {kernel_size}"
+            )
+        for i, k in enumerate(kernels):
+            check_positive(k, f"kernel_size[{i}]")
+        self.in_channels = check_positive(in_channels, "in_channels")
+        self.patch_size = check_positive(patch_size, "patch_size")
+        self.readout_mode = check_choice(readout, READOUTS, "readout")
+        check_positive(readout_kernel, "readout_kernel")
+        if readout_kernel % 2 == 0:
+            raise ValueError(f"readout_kernel must be odd, got {readout_kernel}")
+        check_choice(output_activation, list(OUTPUT_ACTIVATIONS), "output_activation")
+        if residual and output_activation != "identity":
+            raise ValueError(
+                'residual=True needs output_activation="identity" (a squashed sum of the '
+                f"previous frame and the change would shift every pixel), got {output_activation!r}"
+            )
+        self.residual = bool(residual)
+        self.output_activation = output_activation
+        self._activation = OUTPUT_ACTIVATIONS[output_activation]
+        channels = in_channels * patch_size**2
+        stack = dict(norm=norm, peephole=peephole)
+        self.encoder = ConvLSTM2d(channels, hidden, kernels, **stack)
+        self.forecaster = None if shared else ConvLSTM2d(channels, hidden, kernels, **stack)
+        readout_in = sum(hidden) if readout == "concat" else hidden[-1]
+        self.readout = nn.Conv2d(readout_in, channels, readout_kernel, padding=readout_kernel // 2)
+        self.config: dict[str, Any] = dict(
+            in_channels=in_channels,
+            hidden_channels=hidden,
+            kernel_size=kernels,
+            patch_size=patch_size,
+            readout=readout,
+            readout_kernel=readout_kernel,
+            residual=self.residual,
+            output_activation=output_activation,
+            norm=norm,
+            peephole=peephole,
+            shared=bool(shared),
+        )
+        """The constructor's arguments as plain Python values: ``EncoderForecaster(**config)``
+        builds the same architecture."""
+
+    def patch(self, frames: Tensor) -> Tensor:
+        """Space-to-depth: ``(B, T, C, H, W)`` -> ``(B, T, C*p*p, H/p, W/p)``."""
+        if self.patch_size == 1:
+            return frames
+        b, t = frames.shape[:2]
+        out = F.pixel_unshuffle(frames.flatten(0, 1), self.patch_size)
+        return out.unflatten(0, (b, t))
+
+    def unpatch(self, patches: Tensor) -> Tensor:
+        """Depth-to-space, the inverse of :meth:`patch`: ``(B, T, C*p*p, h, w)`` -> ``(B, T, C, h*p, w*p)``."""
+        if self.patch_size == 1:
+            return patches
+        b, t = patches.shape[:2]
+        return F.pixel_shuffle(patches.flatten(0, 1), self.patch_size).unflatten(0, (b, t))
+
+    def check_frames(self, frames: Tensor, name: str = "inputs") -> None:
+        """Raise a clear error unless ``frames`` is ``(B, T, C, H, W)`` that this model accepts."""
+        if not isinstance(frames, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(frames).__name__}")
+        if frames.dim() != 5:
+            raise ValueError(
+                f"{name} must be (B, T, C, H, W) with 5 dimensions, got shape {tuple(frames.shape)}"
+            )
+        if frames.shape[2] != self.in_channels:
+            raise ValueError(
+                f"{name} must have in_channels={self.in_channels} channels (dim 2), "
+                f"got shape {tuple(frames.shape)}"
+            )
+        h, w = frames.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"{name} frame size {h}x{w} must be a multiple of patch_size={self.patch_size}"
+            )
+
+    def forward(
+        self,
+        inputs: Tensor,
+        horizon: int,
+        *,
+        targets: Tensor | None = None,
+        teacher_forcing: float = 0.0,
+        predict_inputs: bool = False,
+    ) -> Tensor:
+        """Forecast ``horizon`` frames after ``inputs``; see the class docstring for shapes.
+
+        With ``predict_inputs=True`` (``readout="top"`` only) the output starts with the
+        one-step-ahead predictions of input frames ``2..T_in`` made while reading the inputs:
+        ``(B, T_in - 1 + horizon, C, H, W)``. Training on them as well gives the recurrent
+        weights an easy, dense signal early on.
+        """
+        self.check_frames(inputs)
+        check_positive(horizon, "horizon")
+        if not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"teacher_forcing must be in [0, 1], got {teacher_forcing}")
+        if predict_inputs and self.readout_mode != "top":
+            raise ValueError('predict_inputs=True needs readout="top"')
+        truth = None
+        if teacher_forcing > 0 and horizon > 1:
+            if targets is None:
+                raise ValueError("teacher_forcing > 0 needs targets (B, T >= horizon - 1, C, H, W)")
+            self.check_frames(targets, "targets")
+            if targets.shape[1] < horizon - 1 or targets.shape[0] != inputs.shape[0]:
+                raise ValueError(
+                    f"targets must be (B={inputs.shape[0]}, T >= {horizon - 1}, C, H, W), "
+                    f"got shape {tuple(targets.shape)}"
+                )
+            truth = self.patch(targets[:, : horizon - 1])
+        x = self.patch(inputs)
+        encoded, states = self.encoder(x)
+        outputs = []
+        if predict_inputs:
+            seen = encoded[:, :-1]  # the output at step t predicts frame t + 1
+            frames = self.readout(seen.flatten(0, 1)).unflatten(0, seen.shape[:2])
+            if self.residual:
+                frames = frames + x[:, :-1]
+            outputs.extend(self._activation(frames).unbind(1))
+        previous = x[:, -1]
+        forecaster = self.encoder if self.forecaster is None else self.forecaster
+        for step in range(horizon):
+            if step > 0 or self.forecaster is not None:  # a shared stack has read the last frame
+                _, states = forecaster(previous.unsqueeze(1), states)
+            frame = self._read(states, previous)
+            outputs.append(frame)
+            previous = frame
+            if truth is not None and step < horizon - 1:
+                previous = self._mix(frame, truth[:, step], teacher_forcing)
+        return self.unpatch(torch.stack(outputs, dim=1))
+
+    def _read(self, states: list[tuple[Tensor, Tensor]], previous: Tensor) -> Tensor:
+        """One frame (patched) from the stack's states; ``previous`` is the frame before it."""
+        if self.readout_mode == "concat":
+            hidden = torch.cat([h for h, _ in states], dim=1)
+        else:
+            hidden = states[-1][0]
+        frame = self.readout(hidden)
+        if self.residual:
+            frame = frame + previous
+        return self._activation(frame)
+
+    @staticmethod
+    def _mix(prediction: Tensor, truth: Tensor, probability: float) -> Tensor:
+        """Per sequence, the ground truth with ``probability``, else the prediction."""
+        if probability >= 1.0:
+            return truth
+        take = torch.rand(truth.shape[0], device=truth.device) < probability
+        return torch.where(take.view(-1, 1, 1, 1), truth.to(prediction.dtype), prediction)
+
+
+MODEL_PARAMETERS: dict[str, Any] = {
+    name: hint
+    for name, hint in typing.get_type_hints(EncoderForecaster.__init__).items()
+    if name != "return"
+}
+"""The model's configurable parameters and their types (used to type-check configurations)."""
+
+_DEFAULTS: dict[str, Any] = dict(
+    in_channels=1,
+    hidden_channels=[64, 64],
+    kernel_size=3,
+    patch_size=4,
+    readout="concat",
+    readout_kernel=1,
+    residual=False,
+    output_activation="sigmoid",
+    norm=None,
+    peephole=None,
+    shared=False,
+)
+
+_MODELS: dict[str, dict[str, Any]] = {
+    # The CPU default (configs/moving_mnist.toml gives its training recipe): 2 layers of 64
+    # channels, 3x3 kernels on 4x4 patches, a 3x3 readout of the top layer.
+    "moving_mnist": dict(
+        hidden_channels=[64, 64], kernel_size=3, patch_size=4, readout="top", readout_kernel=3
+    ),
+    # OpenSTL's ConvLSTM setting for Moving MNIST (GPU): 4 layers of 128 channels, 5x5
+    # kernels, 4x4 patches; trained with scheduled sampling (configs/moving_mnist_large.toml).
+    "moving_mnist_large": dict(
+        hidden_channels=[128, 128, 128, 128],
+        kernel_size=5,
+        patch_size=4,
+        readout="top",
+        shared=True,
+    ),
+    # Radar reflectivity / rain rates: unbounded values, so no squashing.
+    "radar": dict(
+        hidden_channels=[64, 64], kernel_size=3, patch_size=4, output_activation="identity"
+    ),
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`.
+
+    >>> list_models()
+    ['moving_mnist', 'moving_mnist_large', 'radar']
+    """
+    return sorted(_MODELS)
+
+
+def model_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The full constructor arguments of model ``name`` with ``overrides`` applied.
+
+    Raises:
+        ValueError: unknown model name or parameter (the message lists the valid ones).
+
+    >>> model_config("moving_mnist_large")["hidden_channels"]
+    [128, 128, 128, 128]
+    """
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    unknown = sorted(set(overrides) - set(MODEL_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown model parameter(s) {', '.join(unknown)}; valid parameters: "
+            f"{', '.join(MODEL_PARAMETERS)}"
+        )
+    return copy.deepcopy({**_DEFAULTS, **_MODELS[name], **overrides})
+
+
+def create_model(name: str, **overrides: Any) -> EncoderForecaster:
+    """Build the registered model ``name``, with constructor arguments ``overrides`` changed.
+
+    >>> create_model("radar", hidden_channels=[16]).config["output_activation"]
+    'identity'
+    >>> create_model("nope")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown model 'nope'; valid models: moving_mnist, moving_mnist_large, radar
+    """
+    return EncoderForecaster(**model_config(name, **overrides))

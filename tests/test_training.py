@@ -1,0 +1,409 @@
+"""Configuration, checkpoints and the training loop (tiny sizes, CPU)."""
+
+from __future__ import annotations
+
+import filecmp
+import itertools
+import json
+import math
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convlstm import checkpoint as ckpt
+from convlstm import training
+from convlstm.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    load_model,
+    load_state_checked,
+    make_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from convlstm.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+    validate_config,
+)
+from convlstm.models import EncoderForecaster
+from convlstm.training import (
+    NonFiniteLossError,
+    TrainingInterrupted,
+    build_datasets,
+    lr_factor,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.hidden_channels=[4]",
+    "model.patch_size=4",
+    "data.options.size=32",
+    "data.input_len=3",
+    "data.horizon=2",
+    "data.train_samples=8",
+    "data.val_samples=4",
+    "optim.batch_size=4",
+    "optim.epochs=2",
+    "optim.warmup_steps=1",
+    "run.progress=false",
+    "run.eval_samples=0",
+    "run.precision=fp32",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine run far faster on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(*overrides: str) -> Config:
+    return apply_overrides(Config(), [*TINY, *overrides])
+
+
+# ----------------------------------------------------------------------------- config
+
+
+TOML = """
+[model]
+name = "moving_mnist"
+hidden_channels = [8, 8]
+kernel_size = [3, 5]
+norm = "layer"
+
+[data]
+horizon = 5
+options = { size = 48, speed_range = [1.0, 2.0] }
+
+[optim]
+lr = 3e-4
+max_steps = 100
+
+[run]
+max_minutes = 2
+compile = true
+"""
+
+
+def test_config_round_trips_through_files(tmp_path: Path) -> None:
+    source = tmp_path / "run.toml"
+    source.write_text(TOML)
+    config = load_config(source)
+    assert config.model.options == {
+        "hidden_channels": [8, 8],
+        "kernel_size": [3, 5],
+        "norm": "layer",
+    }
+    assert config.data.options == {"size": 48, "speed_range": [1.0, 2.0]}
+    assert config.optim.lr == 3e-4 and config.run.max_minutes == 2.0 and config.run.compile
+    for name in ("config.yaml", "config.json"):
+        path = save_config(config, tmp_path / name)
+        assert load_config(path) == config
+    resolved = validate_config(config)
+    again = load_config(save_config(resolved, tmp_path / "resolved.yaml"))
+    assert again == resolved and again.model.options["norm"] == "layer"
+    assert again.model.options["peephole"] is None  # explicit None survives the round trip
+    yaml_source = tmp_path / "run.yaml"
+    yaml_source.write_text("optim:\n  lr: 0.01\nmodel:\n  hidden_channels: [3]\n")
+    assert load_config(yaml_source).optim.lr == 0.01
+    with pytest.raises(FileExistsError):
+        save_config(config, tmp_path / "config.yaml")
+
+
+def test_overrides_are_typed_by_the_fields() -> None:
+    config = apply_overrides(
+        Config(),
+        [
+            "optim.lr=1e-3",
+            "optim.batch_size=8",
+            "run.max_minutes=none",
+            "run.compile=true",
+            "model.hidden_channels=[8,8]",
+            "model.kernel_size=5",
+            "model.norm=none",
+            "model.name=radar",
+            "data.options.size=32",
+            "data.val_options.digits=all",
+        ],
+    )
+    assert config.optim.lr == 1e-3 and config.optim.batch_size == 8
+    assert config.run.max_minutes is None and config.run.compile is True
+    assert config.model.name == "radar"
+    assert config.model.options == {"hidden_channels": [8, 8], "kernel_size": 5, "norm": None}
+    assert config.data.options == {"size": 32} and config.data.val_options == {"digits": "all"}
+    cases = {
+        "optim.batch_size=8.5": "optim.batch_size must be int",
+        "optim.lrr=1": "unknown key optim.lrr; valid keys in \\[optim\\]: lr",
+        "model.hidden=3": "unknown key model.hidden",
+        "train.lr=1": "unknown section 'train'",
+        "optimlr": "must look like section.key=value",
+        "model.hidden_channels=[8,x]": "model.hidden_channels",
+        "run.compile=maybe": "run.compile must be bool",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(Config(), [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.horizon=0", "data.horizon must be >= 1, got 0"),
+        ("data.train_samples=-1", "data.train_samples must be >= 0"),
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("optim.batch_size=0", "optim.batch_size must be >= 1"),
+        ("model.hidden_channels=[0]", "model.hidden_channels\\[0\\] must be greater than zero"),
+        ("model.name=unet", "valid models: moving_mnist, moving_mnist_large, radar"),
+        ("data.name=cifar", "valid datasets: .*moving_mnist"),
+        ("optim.schedule=linear", "optim.schedule must be one of"),
+        ("run.device=tpu", "run.device must be auto, cpu, cuda or cuda:N"),
+        ("run.threads=-1", "run.threads must be >= 0"),
+        ("model.residual=true", "model.residual=True needs output_activation"),
+        ("model.readout=concat", "optim.input_loss_weight > 0 needs model.readout='top'"),
+    ],
+)
+def test_validation_names_the_field(override: str, message: str) -> None:
+    config = tiny("optim.input_loss_weight=1", "model.readout=top", override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_frames_the_model_cannot_take_are_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"model.patch_size=4 must divide the frame size 30x30"):
+        build_datasets(validate_config(tiny("data.options.size=30")))
+    with pytest.raises(ConfigError, match=r"model.in_channels=2"):
+        build_datasets(validate_config(tiny("model.in_channels=2")))
+    with pytest.raises(ConfigError, match="data \\(train split of 'moving_mnist'\\)"):
+        build_datasets(validate_config(tiny("data.options.colour=red")))
+
+
+def test_config_files_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim\nlr = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    bad.write_text('[optim]\nlr = "fast"')
+    with pytest.raises(ConfigError, match=r"optim.lr must be float, got str 'fast'"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="a configuration must be a mapping"):
+        config_from_dict([1])  # type: ignore[arg-type]
+
+
+def test_bundled_configs_are_valid_and_mirrored() -> None:
+    package = ROOT / "src" / "convlstm" / "configs"
+    names = sorted(p.name for p in package.glob("*.toml"))
+    assert "moving_mnist.toml" in names and "moving_mnist_large.toml" in names
+    for name in names:
+        validate_config(load_config(package / name))
+        assert filecmp.cmp(package / name, ROOT / "configs" / name, shallow=False), name
+    large = validate_config(load_config(package / "moving_mnist_large.toml"))
+    assert large.model.options["hidden_channels"] == [128] * 4 and large.optim.teacher_forcing == 1
+
+
+def test_schedules() -> None:
+    total = 100
+    cosine = [lr_factor(s, "cosine", 10, total) for s in range(total)]
+    assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert all(a >= b for a, b in itertools.pairwise(cosine[9:])) and cosine[-1] < 0.01
+    onecycle = [lr_factor(s, "onecycle", 10, total) for s in range(total)]
+    assert onecycle[0] == pytest.approx(0.04) and max(onecycle) == pytest.approx(1.0)
+    assert onecycle[-1] < 1e-3
+    assert lr_factor(50, "constant", 10, total) == 1.0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def small_checkpoint(model: EncoderForecaster) -> dict:
+    return make_checkpoint(
+        model, "moving_mnist", config_to_dict(Config()), epoch=1, rng=capture_rng()
+    )
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = EncoderForecaster(1, [4], 3, patch_size=4)
+    path = save_checkpoint(tmp_path / "best.pt", small_checkpoint(model))
+    raw = torch.load(path, weights_only=True)
+    assert raw["format_version"] == ckpt.FORMAT_VERSION and raw["model_name"] == "moving_mnist"
+    loaded, config = load_model(path)
+    assert not loaded.training and config["optim"]["lr"] == Config().optim.lr
+    x = torch.rand(1, 3, 1, 16, 16)
+    torch.testing.assert_close(loaded(x, 2), model.eval()(x, 2))
+
+
+def test_rng_states_round_trip() -> None:
+    state = capture_rng()
+    expected = (torch.rand(2), np.random.rand(2), random.random())  # noqa: NPY002
+    restore_rng(state)
+    assert torch.equal(torch.rand(2), expected[0])
+    assert np.array_equal(np.random.rand(2), expected[1])  # noqa: NPY002
+    assert random.random() == expected[2]
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    model = EncoderForecaster(1, [4], 3, patch_size=4)
+    path = save_checkpoint(tmp_path / "last.pt", small_checkpoint(model))
+    before = path.read_bytes()
+
+    def broken_save(obj, handle) -> None:
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, small_checkpoint(model))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    model = EncoderForecaster(1, [4], 3, patch_size=4)
+    good = save_checkpoint(tmp_path / "good.pt", small_checkpoint(model))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="unreadable \\(truncated or corrupt\\?\\)"):
+        load_model(truncated)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a convlstm checkpoint"):
+        load_model(other)
+    state = torch.load(good, weights_only=True)
+    state["model_state"]["readout.weight"] = torch.zeros(3, 3)
+    state["model_state"]["extra"] = torch.zeros(1)
+    del state["model_state"]["readout.bias"]
+    with pytest.raises(CheckpointError) as error:
+        load_state_checked(model, state["model_state"], "checkpoint x")
+    message = str(error.value)
+    assert "missing keys: readout.bias" in message and "unexpected keys: extra" in message
+    assert "readout.weight: checkpoint (3, 3) vs model (16, 4, 1, 1)" in message
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "last.pt", weights_only=True)["model_state"]
+
+
+def test_training_writes_a_run_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = train(tiny(), out)
+    assert result.steps == 4 and result.epochs == 2 and result.stop_reason == "completed"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "metrics.jsonl",
+    ]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(
+        math.isfinite(r["val_mse_frame"]) for r in rows
+    )
+    assert load_config(out / "config.yaml") == validate_config(tiny())
+    model, config = load_model(out / "best.pt")
+    assert config["data"]["horizon"] == 2 and model(torch.rand(1, 3, 1, 32, 32), 4).shape[1] == 4
+    with pytest.raises(FileExistsError, match=r"--resume .* --overwrite"):
+        train(tiny(), out)
+    assert train(tiny("optim.epochs=1"), out, overwrite=True).steps == 2
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(tiny(), tmp_path / "elsewhere", resume=True)
+    stranger = tmp_path / "photos"
+    stranger.mkdir()
+    (stranger / "holiday.jpg").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="does not look like a training run"):
+        train(tiny(), stranger, overwrite=True)
+
+
+def test_resume_after_a_signal_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    # Scheduled sampling draws from torch's RNG, so this also checks the RNG state round trip.
+    config = tiny("optim.teacher_forcing=1.0", "optim.teacher_forcing_steps=4", "optim.epochs=3")
+    train(config, tmp_path / "straight")
+
+    def interrupt(step: int) -> None:
+        if step == 3:  # in the middle of the second epoch
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(config, tmp_path / "resumed", on_step=interrupt)
+    assert stop.value.exit_code == 128 + signal.SIGTERM
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    assert (saved["step"], saved["epoch"], saved["epoch_step"]) == (3, 1, 1)
+    result = train(config, tmp_path / "resumed", resume=True)
+    assert result.steps == 6
+    expected, got = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monkeypatch) -> None:
+    real_loss = training._loss
+    calls = {"n": 0}
+
+    def flaky(kind, pred, target):
+        calls["n"] += 1
+        loss = real_loss(kind, pred, target)
+        return loss * math.nan if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(training, "_loss", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(
+        NonFiniteLossError, match=r"at step 2 \(epoch 2, batch 1 .*last good checkpoint"
+    ):
+        train(tiny(), out)
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 2  # from the end of epoch 1
+    calls["n"] = 0
+    result = train(tiny("run.nonfinite=skip"), tmp_path / "skip")
+    assert result.steps == 4
+    rows = (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["skipped"] == 1
+    assert all(torch.isfinite(w).all() for w in final_weights(tmp_path / "skip").values())
+
+
+def test_time_budget_and_early_stopping(tmp_path: Path, monkeypatch) -> None:
+    result = train(tiny("run.max_minutes=1e-6", "run.threads=2"), tmp_path / "budget")
+    assert result.stop_reason == "time_budget" and result.steps == 1
+    assert torch.get_num_threads() == 1  # run.threads applied during training only
+    monkeypatch.setattr(training._Trainer, "validate", lambda self: 5.0)
+    result = train(tiny("run.patience=1", "optim.epochs=5"), tmp_path / "patience")
+    assert result.stop_reason == "early_stopping" and result.epochs == 2
+
+
+def test_tiny_training_learns(tmp_path: Path) -> None:
+    config = tiny(
+        "model.hidden_channels=[8]",
+        "optim.lr=1e-2",
+        "optim.epochs=6",
+        "optim.loss=bce",
+        "data.train_samples=16",
+        "optim.warmup_steps=2",
+    )
+    result = train(config, tmp_path / "run")
+    rows = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert result.best_metric is not None and result.best_metric < rows[0]["val_mse_frame"]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
