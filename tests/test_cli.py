@@ -118,7 +118,7 @@ def test_module_entry_point() -> None:
         [sys.executable, "-m", "convlstm.cli", "train", "--config", "missing.toml"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

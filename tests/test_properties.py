@@ -260,25 +260,12 @@ def test_layers_work_and_match_the_reference_or_refuse_clearly(case) -> None:
         torch.testing.assert_close(c, wc, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="defect: a spatial_size too small for the kernel makes the spatial peephole's shape "
-    "negative: torch's 'Trying to create tensor with negative dimension' (reported)",
-)
 def test_a_spatial_peephole_too_big_for_its_size_is_refused_clearly() -> None:
     with pytest.raises(ValueError, match="spatial_size"):
         ConvLSTM(1, 1, 2, spatial_dims=1, padding="valid", dilation=2, peephole="spatial",
                  spatial_size=1)  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="defect: forward checks the input size against the first layer only; an input too "
-    "small for a deeper layer reaches torch's convolution: 'Kernel size can't be greater than "
-    "actual input size' (reported)",
-)
 def test_an_input_too_small_for_a_deeper_layer_is_refused_clearly() -> None:
     layer = ConvLSTM(1, [1, 1], 3, spatial_dims=2, padding="valid")
     with pytest.raises(ValueError, match="too small"):

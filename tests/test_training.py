@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import itertools
 import json
 import math
+import os
 import random
 import signal
 from pathlib import Path
@@ -14,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from convlstm import _atomic, training
 from convlstm import checkpoint as ckpt
-from convlstm import training
 from convlstm.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -164,7 +166,7 @@ def test_overrides_are_typed_by_the_fields() -> None:
     ("override", "message"),
     [
         ("data.horizon=0", "data.horizon must be >= 1, got 0"),
-        ("data.train_samples=-1", "data.train_samples must be >= 0"),
+        ("data.train_samples=-1", "data.train_samples must be in \\[0, "),
         ("optim.lr=-1", "optim.lr must be > 0"),
         ("optim.batch_size=0", "optim.batch_size must be >= 1"),
         ("model.hidden_channels=[0]", "model.hidden_channels\\[0\\] must be greater than zero"),
@@ -173,6 +175,8 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("optim.schedule=linear", "optim.schedule must be one of"),
         ("run.device=tpu", "run.device must be auto, cpu, cuda or cuda:N"),
         ("run.threads=-1", "run.threads must be >= 0"),
+        ("run.seed=4294967296", "run.seed must be in \\[0, 2147483647\\]"),
+        ("data.train_samples=100000000000000000000000", "data.train_samples must be in"),
         ("model.residual=true", "model.residual=True needs output_activation"),
         ("model.readout=concat", "optim.input_loss_weight > 0 needs model.readout='top'"),
     ],
@@ -228,6 +232,15 @@ def test_schedules() -> None:
     assert lr_factor(50, "constant", 10, total) == 1.0
 
 
+def test_losses_let_nan_reach_the_nonfinite_policy() -> None:
+    pred, target = torch.full((2, 3), 0.25), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    expected = torch.nn.functional.binary_cross_entropy(pred, target)
+    torch.testing.assert_close(training._loss("bce", pred, target), expected)
+    pred[0, 0] = math.nan
+    for kind in ("mse", "mse+l1", "bce"):
+        assert math.isnan(float(training._loss(kind, pred, target)))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -262,13 +275,24 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatc
     model = EncoderForecaster(1, [4], 3, patch_size=4)
     path = save_checkpoint(tmp_path / "last.pt", small_checkpoint(model))
     before = path.read_bytes()
+    real_fdopen = _atomic.os.fdopen
 
-    def broken_save(obj, handle) -> None:
-        handle.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError("disk full")
+    class FullDisk:
+        def __init__(self, handle) -> None:
+            self.handle = handle
 
-    monkeypatch.setattr(ckpt.torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.handle.close()
+
+        def write(self, data) -> int:
+            self.handle.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(_atomic.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*last.pt: No space left"):
         save_checkpoint(path, small_checkpoint(model))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
@@ -291,6 +315,11 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="not a convlstm checkpoint"):
         load_model(other)
+    huge = torch.load(good, weights_only=True)
+    huge["model_config"]["hidden_channels"] = [10**7]  # refused before allocating ~TBs
+    torch.save(huge, tmp_path / "huge.pt")
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_model(tmp_path / "huge.pt")
     state = torch.load(good, weights_only=True)
     state["model_state"]["readout.weight"] = torch.zeros(3, 3)
     state["model_state"]["extra"] = torch.zeros(1)
@@ -357,6 +386,18 @@ def test_resume_after_a_signal_equals_an_uninterrupted_run(tmp_path: Path) -> No
     expected, got = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_resume_tidies_an_interrupted_folder(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(tiny("optim.epochs=1"), out)
+    (out / ".last.pt.0badc0de.tmp").write_bytes(b"half")  # a write killed half-way
+    with open(out / "metrics.jsonl", "a") as log:
+        log.write(json.dumps({"epoch": 2, "step": 4}) + "\n" + '{"epoch": 3, "st')
+    train(tiny("optim.epochs=2"), out, resume=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and "val_mse_frame" in rows[1]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monkeypatch) -> None:

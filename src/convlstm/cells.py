@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convlstm import _plan, _settings
 from convlstm._checks import check_choice, check_positive, to_tuple
+from convlstm._gates import fused_gates
 
 __all__ = [
     "ACTIVATIONS",
@@ -154,6 +156,7 @@ class ConvLSTMCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self._output_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}  # output_size's cache
         check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
         self.spatial_dims = spatial_dims
         self.in_channels = check_positive(in_channels, "in_channels")
@@ -177,6 +180,11 @@ class ConvLSTMCell(nn.Module):
         self.spatial_size = (
             None if spatial_size is None else to_tuple(spatial_size, spatial_dims, "spatial_size")
         )
+        if self.spatial_size is not None and any(n < 1 for n in self.output_size(self.spatial_size)):
+            raise ValueError(
+                f"spatial_size={self.spatial_size} is too small for kernel_size={self.kernel_size}, "
+                f"dilation={self.dilation}, padding={self.padding!r}: the state would be empty"
+            )
         if peephole == "spatial" and self.spatial_size is None:
             raise ValueError(
                 'peephole="spatial" needs spatial_size= (the input\'s spatial size), got None'
@@ -242,6 +250,13 @@ class ConvLSTMCell(nn.Module):
 
     def output_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Spatial size ``*S'`` of the state for an input of spatial size ``*S``."""
+        key = tuple(spatial_size)
+        size = self._output_sizes.get(key)
+        if size is None:
+            size = self._output_sizes[key] = self._compute_output_size(key)
+        return size
+
+    def _compute_output_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         return tuple(
             (size + lo + hi - d * (k - 1) - 1) // s + 1
             for size, (lo, hi), k, s, d in zip(
@@ -357,22 +372,78 @@ class ConvLSTMCell(nn.Module):
         Returns:
             ``(h', c')``, each ``(B, C_h, *S')``.
         """
-        gates = gates_x
-        if state is not None:
-            h, c = state
-            gates = gates + self.recurrent_conv(h if h_mask is None else h * h_mask)
+        if state is None:
+            return self._gates(gates_x, None, owned=False)
+        h, c = state
+        gates = self.recurrent_conv(h if h_mask is None else h * h_mask)
+        # The convolution's output is ours: accumulate into it rather than allocate a sum.
+        gates = gates.add_(gates_x) if gates.dtype == gates_x.dtype else gates_x + gates
+        return self._gates(gates, c, owned=True)
+
+    def joint_conv_possible(self, spatial_size: Sequence[int]) -> bool:
+        """Whether :meth:`joint_step` applies to inputs of spatial size ``*S``: the input
+        convolution has the recurrent one's geometry and the bias is not normalised."""
+        return (
+            self.norm is None
+            and self._hh_pad is None
+            and self.stride == (1,) * self.spatial_dims
+            and self.dilation == (1,) * self.spatial_dims
+            and self._input_pads(spatial_size) == [(p, p) for p in self._hh_padding]
+        )
+
+    def joint_step(
+        self, x: Tensor, state: State, weight: Tensor, h_mask: Tensor | None = None
+    ) -> State:
+        """One step with a single convolution of ``[x, h]``, for inputs with few channels.
+
+        Args:
+            x: ``(B, C_in, *S)`` frame; :meth:`joint_conv_possible` must hold for its size.
+            state: ``(h, c)``, each ``(B, C_h, *S)``.
+            weight: ``torch.cat([weight_ih, weight_hh], 1)``, ``(4*C_h, C_in + C_h, *kernel)``,
+                made once per sequence by the caller.
+            h_mask: optional ``(B, C_h, *S)`` recurrent-dropout mask applied to ``h``.
+
+        Returns:
+            ``(h', c')``, each ``(B, C_h, *S)``: :meth:`step` of :meth:`input_conv` up to rounding.
+        """
+        h, c = state
+        joint = torch.cat([x, h if h_mask is None else h * h_mask], dim=1)
+        gates = self._conv(joint, weight, self.bias, 1, self._hh_padding)
+        return self._gates(gates, c, owned=True)
+
+    def _fusable(self, gates: Tensor, c: Tensor | None) -> bool:
+        """Whether :func:`~convlstm._gates.fused_gates` computes this cell's gates: sigmoid/tanh,
+        no norm, one dtype, and eager mode (compilers fuse the plain expressions themselves; tracers
+        record them)."""
+        return (
+            self.norm is None
+            and self.activation is torch.tanh
+            and self.recurrent_activation is torch.sigmoid
+            and _settings.current().fused_gates
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()
+            and (c is None or c.dtype == gates.dtype)
+            and (self.weight_ci is None or self.weight_ci.dtype == gates.dtype)
+        )
+
+    def _gates(self, gates: Tensor, c: Tensor | None, owned: bool) -> State:
+        """The arithmetic after the convolutions: ``gates`` ``(B, 4*C_h, *S')`` (overwritten if
+        ``owned``) and ``c`` (``None`` for zeros) -> ``(h', c')``."""
+        if self._fusable(gates, c):
+            peepholes = (self.weight_ci, self.weight_cf, self.weight_co)
+            return fused_gates(gates, c, *peepholes, inplace=owned)
         if self.norm is not None:
             groups = 4 if self.norm == "layer" else 4 * self.norm_groups
             gates = F.group_norm(gates, groups, self.norm_weight)
             if self.bias is not None:
                 gates = gates + self._per_channel(self.bias)
         i, f, g, o = gates.chunk(4, dim=1)
-        if state is not None and self.weight_ci is not None:
+        if c is not None and self.weight_ci is not None:
             i = i + self.weight_ci * c
             f = f + self.weight_cf * c
         i = self.recurrent_activation(i)
         g = self.activation(g)
-        c_new = i * g if state is None else self.recurrent_activation(f) * c + i * g
+        c_new = i * g if c is None else self.recurrent_activation(f) * c + i * g
         if self.weight_co is not None:
             o = o + self.weight_co * c_new
         h_new = self.recurrent_activation(o) * self.activation(c_new)
@@ -384,8 +455,11 @@ class ConvLSTMCell(nn.Module):
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``."""
         self.check_input(x)
-        if state is not None:
-            state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
+        if state is None:
+            return self.step(self.input_conv(x), None)
+        state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
+        if _plan.use_joint_conv(self, x, steps=1):
+            return self.joint_step(x, state, torch.cat([self.weight_ih, self.weight_hh], dim=1))
         return self.step(self.input_conv(x), state)
 
     def extra_repr(self) -> str:

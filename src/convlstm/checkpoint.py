@@ -28,6 +28,7 @@ over the target (:func:`convlstm._atomic.atomic_file`), so a crash leaves the pr
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -76,8 +77,14 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) ->
     missing = [key for key in _REQUIRED if key not in checkpoint]
     if missing:
         raise ValueError(f"checkpoint is missing the key(s) {', '.join(missing)}")
-    with atomic_file(path, overwrite=True) as handle:
-        torch.save(checkpoint, handle)
+    buffer = io.BytesIO()  # serialised first, so that a failed write reports its real cause
+    torch.save(checkpoint, buffer)
+    try:
+        with atomic_file(path, overwrite=True) as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OSError(error.errno, f"cannot write checkpoint {path}: {reason}") from None
     return Path(path)
 
 
@@ -140,13 +147,21 @@ def load_state_checked(module: nn.Module, state: dict[str, Any], source: str) ->
     Raises:
         CheckpointError: listing the missing and unexpected keys and the differing shapes.
     """
-    own = module.state_dict()
+    _check_fit(module.state_dict(), state, source)
+    module.load_state_dict(state)
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _check_fit(own: dict[str, Any], state: dict[str, Any], source: str) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
-        f"{key}: checkpoint {tuple(state[key].shape)} vs model {tuple(own[key].shape)}"
+        f"{key}: checkpoint {_shape(state[key])} vs model {_shape(own[key])}"
         for key in sorted(set(own) & set(state))
-        if tuple(state[key].shape) != tuple(own[key].shape)
+        if _shape(state[key]) != _shape(own[key])
     ]
     problems = []
     if missing:
@@ -157,7 +172,6 @@ def load_state_checked(module: nn.Module, state: dict[str, Any], source: str) ->
         problems.append(f"shape mismatches: {'; '.join(shapes)}")
     if problems:
         raise CheckpointError(f"{source} does not fit the model: {' | '.join(problems)}")
-    module.load_state_dict(state)
 
 
 def load_model(
@@ -174,11 +188,15 @@ def load_model(
         CheckpointError: missing/corrupt file, or weights that do not fit the stored model.
     """
     checkpoint = load_checkpoint(path, map_location)
+    source = f"checkpoint {path}"
     try:
-        model = EncoderForecaster(**checkpoint["model_config"])
+        with torch.device("meta"):  # check the shapes before allocating anything
+            skeleton = EncoderForecaster(**checkpoint["model_config"])
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} has an invalid model_config: {error}") from None
-    load_state_checked(model, checkpoint["model_state"], f"checkpoint {path}")
+        raise CheckpointError(f"{source} has an invalid model_config: {error}") from None
+    _check_fit(skeleton.state_dict(), checkpoint["model_state"], source)
+    model = EncoderForecaster(**checkpoint["model_config"])
+    load_state_checked(model, checkpoint["model_state"], source)
     return model.to(map_location).eval(), checkpoint["config"]
 
 

@@ -28,6 +28,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from convlstm import evaluation, export, predict
 from convlstm.checkpoint import CheckpointError
 from convlstm.config import Config, ConfigError, load_config
@@ -113,6 +115,8 @@ def _train_command(args: argparse.Namespace) -> int:
     result = train(config, out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":
         return 0
+    if config.run.threads:  # validated by train(); the report runs on as many threads
+        torch.set_num_threads(config.run.threads)
     best = "n/a" if result.best_metric is None else f"{result.best_metric:.2f}"
     print(
         f"trained {result.steps} steps in {result.epochs} epochs ({result.stop_reason}, "
@@ -183,8 +187,12 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].startswith("Caught ") and len(lines) > 1:  # a DataLoader worker's error
+        return f"{lines[0].rstrip('.')}: {lines[-1]}"
+    return lines[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,6 +58,7 @@ LOSSES = ("mse", "mse+l1", "bce")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NONFINITE = ("stop", "skip")
+_MAX_INT = 2**31 - 1  # seeds and sample counts (numpy's legacy seeding takes 32 bits)
 
 
 class ConfigError(ValueError):
@@ -139,8 +140,8 @@ class RunConfig:
     ``max_minutes`` bounds the training time: the step budget is re-planned from the measured
     speed so that the learning-rate schedule, the validations and the final report of
     ``eval_samples`` sequences (estimated from the validation speed) end in time; training stops
-    at ``max_minutes`` in any case. ``patience``: stop after that many epochs without a better validation
-    loss (0: never). ``nonfinite``: on a NaN/inf loss or gradient, ``stop`` (default) or ``skip``
+    at ``max_minutes`` in any case. ``patience``: stop after that many epochs without a better
+    validation loss (0: never). ``nonfinite``: on a NaN/inf loss or gradient, ``stop`` (default) or ``skip``
     the step, at most ``max_skips`` times. ``dist_timeout_s`` bounds every collective under
     ``torchrun``.
     """
@@ -227,9 +228,12 @@ def _parse_text(text: str, hint: Any, name: str) -> Any:
     """An override's text as a value of type ``hint``: YAML syntax (``[32, 32]``, ``true``,
     ``none``), numbers in any Python float syntax, and plain strings where strings are allowed."""
     stripped = text.strip()
-    value: Any = (
-        None if stripped.lower() in ("none", "null", "~") else yaml.safe_load(stripped or "''")
-    )
+    try:
+        value: Any = (
+            None if stripped.lower() in ("none", "null", "~") else yaml.safe_load(stripped or "''")
+        )
+    except yaml.YAMLError:  # not YAML: the plain text
+        value = text
     try:
         return _check_type(value, hint, name)
     except ConfigError:
@@ -439,7 +443,8 @@ def validate_config(config: Config) -> Config:
     for name in ("input_len", "horizon"):
         _require(getattr(data, name) >= 1, f"data.{name}", "must be >= 1", getattr(data, name))
     for name in ("train_samples", "val_samples", "val_seed", "num_workers"):
-        _require(getattr(data, name) >= 0, f"data.{name}", "must be >= 0", getattr(data, name))
+        value = getattr(data, name)
+        _require(0 <= value <= _MAX_INT, f"data.{name}", f"must be in [0, {_MAX_INT}]", value)
     _require(optim.lr > 0, "optim.lr", "must be > 0", optim.lr)
     _require(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", optim.weight_decay)
     _require(optim.batch_size >= 1, "optim.batch_size", "must be >= 1", optim.batch_size)
@@ -494,7 +499,7 @@ def validate_config(config: Config) -> Config:
             "> 0 needs model.readout='top'",
             optim.input_loss_weight,
         )
-    _require(run.seed >= 0, "run.seed", "must be >= 0", run.seed)
+    _require(0 <= run.seed <= _MAX_INT, "run.seed", f"must be in [0, {_MAX_INT}]", run.seed)
     _require(run.threads >= 0, "run.threads", "must be >= 0 (0: torch's default)", run.threads)
     device = run.device
     _require(
@@ -525,7 +530,10 @@ def validate_config(config: Config) -> Config:
     _require(run.max_skips >= 0, "run.max_skips", "must be >= 0", run.max_skips)
     _require(run.dist_timeout_s > 0, "run.dist_timeout_s", "must be > 0", run.dist_timeout_s)
     _require(
-        run.eval_samples >= 0, "run.eval_samples", "must be >= 0 (0: no report)", run.eval_samples
+        0 <= run.eval_samples <= _MAX_INT,
+        "run.eval_samples",
+        f"must be in [0, {_MAX_INT}] (0: no report)",
+        run.eval_samples,
     )
     _require(run.eval_batch_size >= 1, "run.eval_batch_size", "must be >= 1", run.eval_batch_size)
     return config

@@ -12,8 +12,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from convlstm import _plan
 from convlstm._checks import check_positive, check_probability
+from convlstm._recurrence import recurrence
 from convlstm.cells import Activation, ConvLSTMCell, Padding, State
 
 __all__ = ["ConvLSTM", "ConvLSTM1d", "ConvLSTM2d", "ConvLSTM3d"]
@@ -54,6 +57,10 @@ class ConvLSTM(nn.Module):
             unit_forget_bias, norm, norm_groups: as in :class:`~convlstm.cells.ConvLSTMCell`, for
             every layer.
         spatial_size: spatial size ``*S`` of the input frames; required by ``peephole="spatial"``.
+        checkpoint_steps: in training, keep only each step's input state for backward and
+            recompute the step's activations there (:func:`torch.utils.checkpoint.checkpoint`):
+            activation memory grows by about two state tensors per step instead of about seven,
+            for one more forward pass of compute.
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
@@ -73,6 +80,10 @@ class ConvLSTM(nn.Module):
           (``(T, B, ...)`` if not ``batch_first``). Selecting steps, as the tutorial's
           ``effective_step`` did, is indexing: ``output[:, [4, 9]]``.
         - ``states``: list of ``num_layers * D`` pairs ``(h_n, c_n)`` as described for ``state``.
+
+        Where it measures faster (see :mod:`convlstm._plan`), 2-D layers run in the channels-last
+        memory format, and ``output`` and ``states`` are then channels-last strided tensors: equal
+        values, but ``.view`` needs ``.contiguous()`` first.
 
     Attributes:
         cells: ``nn.ModuleList`` of the forward cells, in layer order.
@@ -111,10 +122,12 @@ class ConvLSTM(nn.Module):
         unit_forget_bias: bool = True,
         norm: str | None = None,
         norm_groups: int = 4,
+        checkpoint_steps: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.checkpoint_steps = bool(checkpoint_steps)
         if isinstance(hidden_channels, list):
             if num_layers is not None and num_layers != len(hidden_channels):
                 raise ValueError(
@@ -212,6 +225,7 @@ class ConvLSTM(nn.Module):
             x = input if self.batch_first else input.transpose(0, 1)
             num_steps = x.shape[1]
         batch = x.shape[0]
+        self._check_deeper_sizes(tuple(x.shape[-self.spatial_dims :]))
         valid = self._valid_mask(lengths, batch, num_steps, x.device)
         states = self._split_state(state, batch, x.shape[-self.spatial_dims :])
 
@@ -232,6 +246,20 @@ class ConvLSTM(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         output = x if self.batch_first else x.transpose(0, 1)
         return output, final
+
+    def _check_deeper_sizes(self, size: tuple[int, ...]) -> None:
+        """Raise a clear error if a layer after the first would receive an empty input."""
+        for index, cell in enumerate(self.cells):
+            state_size = cell.output_size(size)
+            if index + 1 < self.num_layers and any(
+                n < 1 for n in self.cells[index + 1].output_size(state_size)
+            ):
+                raise ValueError(
+                    f"input spatial size is too small for layer {index + 1}: it receives "
+                    f"{state_size} from layer {index}, too small for its "
+                    f"kernel_size={self.cells[index + 1].kernel_size}"
+                )
+            size = state_size
 
     def _valid_mask(
         self, lengths: Tensor | None, batch: int, steps: int, device: torch.device
@@ -293,23 +321,61 @@ class ConvLSTM(nn.Module):
         """One direction of one layer: ``x`` ``(B, T, C, *S)`` (or one frame ``(B, C, *S)``) ->
         ``output (B, T, C_h, *S')`` and the final ``(h, c)``."""
         batch = x.shape[0]
-        if x.dim() == self.spatial_dims + 2:  # one frame repeated: convolve it once
-            gates = cell.input_conv(x).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
-        else:
-            gates = cell.input_conv(x.flatten(0, 1))
-            gates = gates.view(batch, steps, *gates.shape[1:])
-        order = None
-        if reverse:
-            order = self._reverse_order(valid, batch, steps, x.device)
-            gates = gates[torch.arange(batch, device=x.device)[:, None], order]
+        repeated = x.dim() == self.spatial_dims + 2  # one frame fed at every step
+        frame = x if repeated else x[:, 0]
+        channels_last = _plan.use_channels_last(cell, frame)
+        if channels_last:
+            state = None if state is None else tuple(_to_channels_last(s) for s in state)
         h_mask = None
         if self.recurrent_dropout and self.training:
-            shape = (batch, cell.hidden_channels, *gates.shape[3:])
-            h_mask = F.dropout(gates.new_ones(shape), self.recurrent_dropout, training=True)
-        spatial = (1,) * (gates.dim() - 3)
+            shape = (batch, cell.hidden_channels, *cell.output_size(frame.shape[2:]))
+            h_mask = F.dropout(frame.new_ones(shape), self.recurrent_dropout, training=True)
+            h_mask = _to_channels_last(h_mask) if channels_last else h_mask
+        checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
+        joint = not repeated and _plan.use_joint_conv(cell, frame, steps)
+        if not (repeated or checkpointed or joint) and valid is None:
+            if _plan.use_fused_loop(cell, frame):
+                return _run_fused_loop(cell, x, state, h_mask, reverse, channels_last)
+        order = None
+        times = range(steps)
+        if reverse and valid is None:
+            times = range(steps - 1, -1, -1)
+        elif reverse:  # reverse each sequence within its length: reorder the frames
+            order = self._reverse_order(valid, batch, steps, x.device)
+            if not repeated:
+                x = x[torch.arange(batch, device=x.device)[:, None], order]
+        # One input convolution for the whole sequence, or one per step (joint with the
+        # recurrent convolution, or inside a checkpoint to keep no gate tensor for backward).
+        per_step = not repeated and (checkpointed or joint)
+        if repeated:
+            frames = _to_channels_last(x) if channels_last else x
+            gates = cell.input_conv(frames).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
+        elif per_step:
+            frames = _to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
+        else:
+            frames = x.flatten(0, 1)
+            gates = cell.input_conv(_to_channels_last(frames) if channels_last else frames)
+            gates = gates.view(batch, steps, *gates.shape[1:])
+        joint_weight = None
+        if joint and not checkpointed:
+            joint_weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1)
+        # unbind, not indexing per step: the backward of T selects would build T full-size
+        # zero tensors, that of one unbind stacks the T gradients once.
+        inputs = (frames if per_step else gates).unbind(1)
+        spatial = (1,) * self.spatial_dims
         outputs = []
-        for t in range(steps):
-            h, c = cell.step(gates[:, t], state, h_mask)
+        for t in times:
+            if checkpointed:
+                h, c = checkpoint(
+                    _checkpointed_step, cell, inputs[t], not repeated, state, h_mask,
+                    use_reentrant=False,
+                )  # fmt: skip
+            elif joint_weight is None:
+                h, c = cell.step(inputs[t], state, h_mask)
+            elif state is None:
+                h, c = cell.step(cell.input_conv(inputs[t]), None)
+            else:
+                h, c = cell.joint_step(inputs[t], state, joint_weight, h_mask)
             if valid is not None:
                 keep = valid[:, t].view(batch, 1, *spatial)
                 if state is not None:
@@ -321,7 +387,9 @@ class ConvLSTM(nn.Module):
             else:
                 outputs.append(h)
                 state = (h, c)
-        out = torch.stack(outputs, dim=1)
+        if reverse and valid is None:
+            outputs.reverse()
+        out = _stack_steps(outputs, channels_last)
         if order is not None:
             out = out[torch.arange(batch, device=x.device)[:, None], order]
         assert state is not None
@@ -350,7 +418,64 @@ class ConvLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.recurrent_dropout:
             s += f", recurrent_dropout={self.recurrent_dropout}"
+        if self.checkpoint_steps:
+            s += ", checkpoint_steps=True"
         return s
+
+
+def _to_channels_last(t: Tensor) -> Tensor:
+    """``t`` ``(N, C, H, W)`` in the channels-last memory format (no copy if it already is)."""
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _stack_steps(outputs: list[Tensor], channels_last: bool) -> Tensor:
+    """Stack ``T`` tensors ``(B, C, *S)`` to ``(B, T, C, *S)``; channels-last ones so that each
+    frame stays channels-last and ``flatten(0, 1)`` is a view, ready for the next layer."""
+    if not channels_last:
+        return torch.stack(outputs, dim=1)
+    return torch.stack([o.movedim(1, -1) for o in outputs], dim=1).movedim(-1, 2)
+
+
+def _run_fused_loop(
+    cell: ConvLSTMCell,
+    x: Tensor,
+    state: State | None,
+    h_mask: Tensor | None,
+    reverse: bool,
+    channels_last: bool,
+) -> tuple[Tensor, State]:
+    """:meth:`ConvLSTM._run` as one autograd node per layer (:mod:`convlstm._recurrence`):
+    ``x`` ``(B, T, C, *S)`` -> ``output (B, T, C_h, *S')`` (a view of time-major memory) and the
+    final ``(h, c)``."""
+    batch, steps = x.shape[:2]
+    frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
+    frames = _to_channels_last(frames) if channels_last else frames
+    weights = (
+        cell.weight_ih,
+        cell.bias,
+        cell.weight_hh,
+        cell.weight_ci,
+        cell.weight_cf,
+        cell.weight_co,
+    )
+    geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
+    hs, c_last = recurrence(
+        frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse
+    )
+    out = hs.unflatten(0, (steps, batch)).transpose(0, 1)
+    return out, (out[:, 0 if reverse else -1], c_last)
+
+
+def _checkpointed_step(
+    cell: ConvLSTMCell,
+    step_input: Tensor,
+    is_frame: bool,
+    state: State | None,
+    h_mask: Tensor | None,
+) -> State:
+    """One step from the frame ``(B, C_in, *S)`` (``is_frame``) or its input convolution."""
+    gates = cell.input_conv(step_input) if is_frame else step_input
+    return cell.step(gates, state, h_mask)
 
 
 class ConvLSTM1d(ConvLSTM):

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+from convlstm._atomic import atomic_write_text
 from convlstm.checkpoint import (
     capture_rng,
     load_checkpoint,
@@ -170,8 +171,9 @@ def _teacher_forcing(config: Config, step: int) -> float:
 
 def _loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     pred = pred.float()
-    if kind == "bce":
-        return F.binary_cross_entropy(pred.clamp(1e-6, 1 - 1e-6), target)
+    if kind == "bce":  # written out so that NaN propagates to the non-finite policy
+        p = pred.clamp(1e-6, 1 - 1e-6)
+        return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
     loss = F.mse_loss(pred, target)
     return loss + F.l1_loss(pred, target) if kind == "mse+l1" else loss
 
@@ -256,10 +258,14 @@ def build_datasets(config: Config, epoch: int = 0) -> tuple[Dataset[Any], Datase
                 )
             elif count and count < len(dataset):  # type: ignore[arg-type]
                 dataset = Subset(dataset, range(count))
-        except (TypeError, ValueError, OSError) as error:
-            raise ConfigError(f"data ({split} split of {config.data.name!r}): {error}") from None
+            if split == "train":
+                _check_frames(config, dataset)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, OSError, IndexError, MemoryError, OverflowError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ConfigError(f"data ({split} split of {config.data.name!r}): {reason}") from None
         datasets.append(dataset)
-    _check_frames(config, datasets[0])
     return datasets[0], datasets[1]
 
 
@@ -644,6 +650,8 @@ class _Trainer:
         validation = per_validation * (max(remaining_epochs, 1) + report)
         affordable = int((budget * 60 - elapsed - validation) / seconds_per_step)
         total = min(self.configured_steps, state.step + max(affordable, 1))
+        if total > state.total_steps and state.step > state.total_steps // 2:
+            return  # no lengthening once the learning rate is past half its decay
         if abs(total - state.total_steps) > 0.02 * state.total_steps:
             state.total_steps = total
             self.schedule.total = total
@@ -698,11 +706,12 @@ class _Trainer:
             "total_steps": state.total_steps,
         }
         if self.ctx.is_main:
+            # The row goes first: a resumed run drops rows past its checkpoint's epoch.
+            with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as log:
+                log.write(json.dumps(row) + "\n")
             if improved:
                 self._save("best.pt")
             self._save("last.pt")
-            with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as log:
-                log.write(json.dumps(row) + "\n")
             if self.tensorboard is not None:
                 for key in ("train_loss", "val_mse_frame", "lr", "seq_per_s"):
                     if row[key] is not None:
@@ -716,6 +725,28 @@ class _Trainer:
                 )
         self.ctx.barrier()
         return reason
+
+
+def _tidy(out_dir: Path, epoch: int) -> None:
+    """Remove temporary files of interrupted writes, and the metrics rows (and any partial line)
+    past ``epoch``, the epoch of the checkpoint a run resumes from."""
+    for name in _RUN_MARKERS:
+        for stale in out_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    log = out_dir / METRICS_FILE
+    if not log.exists():
+        return
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if line.endswith("\n") and isinstance(row, dict) and row.get("epoch", math.inf) <= epoch:
+            kept.append(line)
+    if kept != lines:
+        atomic_write_text(log, "".join(kept), overwrite=True)
 
 
 def _seed_everything(seed: int) -> None:
@@ -784,6 +815,7 @@ def train(
             if overwrite and not resume and out_dir.exists():
                 shutil.rmtree(out_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
+            _tidy(out_dir, trainer.state.epoch if resume else 0)
             save_config(config, out_dir / CONFIG_FILE, overwrite=True)
             trainer.tensorboard = _tensorboard(out_dir)
         ctx.barrier()

@@ -1,0 +1,195 @@
+"""What the benchmark compares :class:`~convlstm.layers.ConvLSTM2d` with.
+
+Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden channels of a layer,
+``H, W`` frame size, ``k`` kernel size.
+
+* :class:`NaiveConvLSTM`: the seed tutorial's cell, eight ``nn.Conv2d`` (``W_x*`` with bias,
+  ``W_h*`` without) and learned spatial peepholes, stacked and stepped frame by frame — the same
+  function as ``ConvLSTM2d(..., peephole="spatial")``, and :func:`naive_from` copies its weights.
+* :class:`FloorConvs`: only the convolutions our layer runs (the batched input convolution and one
+  recurrent convolution per step, channels-last) and the copies that feed them; no gate arithmetic.
+  No ConvLSTM can be faster, so it is the floor.
+* :func:`keras_from`: Keras 3 ``ConvLSTM2D`` layers (torch backend) with our weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor, nn
+
+from convlstm.layers import ConvLSTM
+
+__all__ = [
+    "FloorConvs",
+    "KerasStack",
+    "NaiveCell",
+    "NaiveConvLSTM",
+    "from_keras_layout",
+    "keras_from",
+    "naive_from",
+    "to_keras_layout",
+]
+
+GATES = "ifco"  # the seed's names for the gates (i, f, g=c, o)
+
+
+class NaiveCell(nn.Module):
+    """The seed's ConvLSTM cell: one ``Conv2d`` per gate and input, spatial peepholes.
+
+    ``forward(x, h, c)``: ``x`` ``(B, C_in, H, W)``, ``h``, ``c`` ``(B, C, H, W)`` -> ``(h', c')``.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel: int, size: tuple[int, int]):
+        super().__init__()
+        for g in GATES:
+            self.add_module(
+                f"Wx{g}", nn.Conv2d(in_channels, hidden_channels, kernel, padding="same")
+            )
+            self.add_module(
+                f"Wh{g}",
+                nn.Conv2d(hidden_channels, hidden_channels, kernel, padding="same", bias=False),
+            )
+        for g in "ifo":
+            self.register_parameter(f"Wc{g}", nn.Parameter(torch.zeros(1, hidden_channels, *size)))
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        ci = torch.sigmoid(self.Wxi(x) + self.Whi(h) + c * self.Wci)
+        cf = torch.sigmoid(self.Wxf(x) + self.Whf(h) + c * self.Wcf)
+        cc = cf * c + ci * torch.tanh(self.Wxc(x) + self.Whc(h))
+        co = torch.sigmoid(self.Wxo(x) + self.Who(h) + cc * self.Wco)
+        return co * torch.tanh(cc), cc
+
+
+class NaiveConvLSTM(nn.Module):
+    """A stack of :class:`NaiveCell` stepped frame by frame from zero states, like the seed.
+
+    ``forward(x)``: ``x`` ``(B, T, C_in, H, W)`` -> the last layer's ``h`` ``(B, T, C, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, hidden: list[int], kernel: int, size: tuple[int, int]):
+        super().__init__()
+        channels = [in_channels, *hidden]
+        self.cells = nn.ModuleList(
+            NaiveCell(channels[i], hidden[i], kernel, size) for i in range(len(hidden))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for cell in self.cells:
+            h = x.new_zeros(x.shape[0], cell.Whi.out_channels, *x.shape[3:])
+            c = h
+            outputs = []
+            for t in range(x.shape[1]):
+                h, c = cell(x[:, t], h, c)
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+        return x
+
+
+def naive_from(layer: ConvLSTM) -> NaiveConvLSTM:
+    """A :class:`NaiveConvLSTM` computing what ``layer`` (2-D, ``peephole="spatial"``, odd
+    kernels, stride 1) computes, with its weights."""
+    first = layer.cells[0]
+    assert first.spatial_size is not None and first.peephole == "spatial"
+    naive = NaiveConvLSTM(
+        layer.in_channels, layer.hidden_channels, first.kernel_size[0], first.spatial_size
+    ).to(first.weight_ih)
+    with torch.no_grad():
+        for cell, seed in zip(layer.cells, naive.cells, strict=True):
+            w_ih, w_hh = cell.weight_ih.chunk(4), cell.weight_hh.chunk(4)
+            bias = cell.bias.chunk(4)
+            for index, g in enumerate(GATES):
+                getattr(seed, f"Wx{g}").weight.copy_(w_ih[index])
+                getattr(seed, f"Wx{g}").bias.copy_(bias[index])
+                getattr(seed, f"Wh{g}").weight.copy_(w_hh[index])
+            for g in "ifo":
+                getattr(seed, f"Wc{g}").copy_(getattr(cell, f"weight_c{g}").unsqueeze(0))
+    return naive
+
+
+class FloorConvs(nn.Module):
+    """The convolutions of a :class:`~convlstm.layers.ConvLSTM2d` stack alone, in channels-last.
+
+    Per layer: one input convolution of all ``B*T`` frames, then per step ``t > 0`` the recurrent
+    convolution of ``h`` added to the input convolution's step; ``h`` is the first ``C`` channels
+    of that sum (a copy, so that backward keeps ``C`` channels per step, as the real layer must).
+
+    ``forward(x)``: ``(B, T, C_in, H, W)`` -> ``(B, T, C, H, W)``.
+    """
+
+    def __init__(self, layer: ConvLSTM):
+        super().__init__()
+        self.layer = layer  # borrows the weights and the padding rules
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, steps = x.shape[:2]
+        cl = torch.channels_last
+        for cell in self.layer.cells:
+            gates = cell.input_conv(x.flatten(0, 1).contiguous(memory_format=cl))
+            gates = gates.view(batch, steps, *gates.shape[1:]).unbind(1)
+            channels = cell.hidden_channels
+            h = gates[0][:, :channels].contiguous(memory_format=cl)
+            outputs = [h]
+            for t in range(1, steps):
+                h = cell.recurrent_conv(h).add_(gates[t])[:, :channels]
+                h = h.contiguous(memory_format=cl)
+                outputs.append(h)
+            x = torch.stack([o.movedim(1, -1) for o in outputs], dim=1).movedim(-1, 2)
+        return x
+
+
+class KerasStack:
+    """Keras 3 ``ConvLSTM2D`` layers applied in turn; ``stack(x)``: ``(B, T, H, W, C_in)`` (Keras'
+    channels-last) -> ``(B, T, H, W, C)``."""
+
+    def __init__(self, layers: list) -> None:
+        self.layers = layers
+
+    def __call__(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def parameters(self) -> list[Tensor]:
+        """The torch tensors behind the Keras variables."""
+        return [v.value for layer in self.layers for v in layer.trainable_variables]
+
+
+def keras_from(layer: ConvLSTM, size: tuple[int, int]) -> KerasStack:
+    """Keras 3 ``ConvLSTM2D`` layers (torch backend) with ``layer``'s weights (2-D, no peepholes,
+    no norm, "same" padding), built for frames of spatial ``size``.
+
+    Raises ImportError if Keras is missing, RuntimeError if its backend is not torch.
+    """
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"Keras runs on {keras.backend.backend()!r}, not torch")
+    layers = []
+    for cell in layer.cells:
+        assert cell.peephole is None and cell.norm is None
+        k = keras.layers.ConvLSTM2D(
+            cell.hidden_channels, cell.kernel_size, padding="same", return_sequences=True
+        )
+        k.build((None, None, *size, cell.in_channels))
+        k.set_weights(
+            [
+                cell.weight_ih.detach().permute(2, 3, 1, 0).cpu().numpy(),
+                cell.weight_hh.detach().permute(2, 3, 1, 0).cpu().numpy(),
+                cell.bias.detach().cpu().numpy(),
+            ]
+        )
+        layers.append(k)
+    return KerasStack(layers)
+
+
+def to_keras_layout(x: Tensor) -> Tensor:
+    """``(B, T, C, H, W)`` -> ``(B, T, H, W, C)``."""
+    return x.permute(0, 1, 3, 4, 2).contiguous()
+
+
+def from_keras_layout(y: Tensor) -> Tensor:
+    """``(B, T, H, W, C)`` -> ``(B, T, C, H, W)``."""
+    return y.permute(0, 1, 4, 2, 3)

@@ -1,0 +1,90 @@
+"""Per-shape choices of how a layer runs: memory format and how the input convolution is batched.
+
+The rules come from ``benchmarks/`` measurements (``benchmarks/README.md``); every choice gives
+the same function, and :func:`convlstm.fast.settings` can force each one.
+
+* **channels-last** (2-D only): oneDNN's and cuDNN's fastest convolutions use NHWC. On CPU it
+  pays once a step has enough work to amortise the layout's copies; for the tiny tensors of
+  streaming inference the standard layout is faster.
+* **joint input convolution** (CPU only): with very few input channels oneDNN runs the input
+  convolution at a few GFLOP/s, so convolving ``[x_t, h]`` with ``[W_ih, W_hh]`` once per step
+  beats one batched convolution of the sequence plus a recurrent one per step; and for a single
+  step (streaming) there is nothing to batch, so one convolution call beats two.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from convlstm import _settings
+
+if TYPE_CHECKING:
+    from convlstm.cells import ConvLSTMCell
+
+__all__ = [
+    "CHANNELS_LAST_MIN_WORK",
+    "JOINT_MAX_IN_CHANNELS",
+    "use_channels_last",
+    "use_fused_loop",
+    "use_joint_conv",
+]
+
+CHANNELS_LAST_MIN_WORK = 1 << 16
+"""Smallest ``B * C_h * prod(S')`` (elements of one state tensor) for channels-last on CPU."""
+
+JOINT_MAX_IN_CHANNELS = 4
+"""Largest ``C_in`` for which the CPU plan chooses the joint input convolution."""
+
+
+def use_channels_last(cell: ConvLSTMCell, frame: Tensor) -> bool:
+    """Run ``cell`` in channels-last for frames shaped like ``frame`` ``(B, C_in, *S)``?"""
+    if cell.spatial_dims != 2:
+        return False
+    forced = _settings.current().channels_last
+    if forced is not None:
+        return forced
+    if frame.device.type == "cuda":
+        return True
+    work = frame.shape[0] * cell.hidden_channels * math.prod(cell.output_size(frame.shape[2:]))
+    return frame.device.type == "cpu" and work >= CHANNELS_LAST_MIN_WORK
+
+
+def use_joint_conv(cell: ConvLSTMCell, frame: Tensor, steps: int) -> bool:
+    """Convolve ``[x_t, h]`` jointly at each of ``steps`` steps for frames shaped like ``frame``?
+
+    Only possible when the input convolution has the recurrent one's geometry (stride 1, no
+    dilation, the same symmetric "same" padding) and the bias goes into the convolution
+    (no ``norm``).
+    """
+    if not cell.joint_conv_possible(frame.shape[2:]):
+        return False
+    forced = _settings.current().input_conv
+    if forced is not None:
+        return forced == "joint"
+    return frame.device.type == "cpu" and (cell.in_channels <= JOINT_MAX_IN_CHANNELS or steps == 1)
+
+
+def use_fused_loop(cell: ConvLSTMCell, frame: Tensor) -> bool:
+    """Run a layer's time loop as one autograd node (:mod:`convlstm._recurrence`)?
+
+    Whenever it applies: sigmoid/tanh gates without ``norm``, symmetric padding of both
+    convolutions (odd kernels), one dtype without autocast, eager mode. The caller also requires a
+    plain sequence (no ``lengths``, no repeated frame, no checkpointing). Not under tracing.
+    """
+    pads = cell._input_pads(frame.shape[2:])
+    return (
+        _settings.current().fused_loop
+        and cell.norm is None
+        and all(lo == hi for lo, hi in pads)
+        and cell.activation is torch.tanh
+        and cell.recurrent_activation is torch.sigmoid
+        and cell._hh_pad is None
+        and frame.dtype == cell.weight_hh.dtype
+        and not torch.is_autocast_enabled(frame.device.type)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()  # TorchScript tracing and the legacy ONNX exporter
+    )

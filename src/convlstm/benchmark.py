@@ -1,0 +1,637 @@
+"""``convlstm benchmark``: time and size our ConvLSTM layer against a naive cell, Keras and the
+bare convolutions, in one process, interleaved.
+
+For each shape of a grid (streaming inference to training), every *variant* is first checked
+against the plain path on random inputs (forward values and input gradients, plus parameter
+gradients for our own variants); a variant that does not match is refused, never timed. The
+rest are timed round-robin (each round runs every variant once, in a rotating order), and the
+report gives median and quartiles, GFLOP/s from an analytic FLOP count, the fraction of a peak
+measured on the spot (a large matrix product), and activation memory.
+
+Variants (training shapes): ``floor`` (the convolutions alone, channels-last), ``naive`` (the
+seed's eight-convolution cell with learned peepholes), ``convlstm_peep`` (our layer computing the
+naive cell's function), ``convlstm`` (our layer, no peepholes, default fast paths),
+``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` and
+``convlstm_batched`` (the plan's channels-last and joint-convolution choices undone, where it
+makes them), ``convlstm_bf16`` (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``),
+``convlstm_compiled``
+(:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras`` (Keras 3 ``ConvLSTM2D``,
+torch backend, if installed). Streaming shapes time one step from a given state, without
+gradients: ``naive``, ``floor`` (the two convolutions), ``convlstm_cell`` and ``convlstm_layer``.
+
+Usage: ``convlstm benchmark --quick`` or ``python benchmarks/bench.py --shapes w16 --json out.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from convlstm import _baselines, _measure, _plan, fast
+from convlstm.layers import ConvLSTM2d
+
+__all__ = ["SHAPES", "Shape", "add_parser", "main", "run_suite"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One benchmark shape: ``batch`` sequences of ``steps`` frames ``(in_channels, size, size)``
+    through 2-D layers of ``hidden`` channels and ``kernel``×``kernel`` kernels. ``stream``: one
+    step from a given state without gradients (streaming inference) instead of training."""
+
+    name: str
+    batch: int
+    steps: int
+    in_channels: int
+    size: int
+    hidden: tuple[int, ...]
+    kernel: int
+    stream: bool = False
+
+    def describe(self) -> str:
+        kind = "stream, 1 step" if self.stream else f"train, T={self.steps}"
+        hidden = "x".join(map(str, self.hidden))
+        return (
+            f"B={self.batch} {kind}, {self.in_channels}x{self.size}x{self.size} in, "
+            f"hidden {hidden}, k={self.kernel}"
+        )
+
+
+SHAPES: dict[str, Shape] = {
+    s.name: s
+    for s in [
+        Shape("stream_tiny", 1, 1, 1, 16, (16,), 3, stream=True),
+        Shape("stream_small", 1, 1, 16, 16, (32,), 3, stream=True),
+        Shape("stream_main", 1, 1, 16, 16, (64, 64), 3, stream=True),
+        # The default main-job model: 64x64x1 frames, 4x4 patches -> 16x16x16, hidden [64, 64].
+        Shape("main_job", 16, 10, 16, 16, (64, 64), 3),
+        Shape("w16", 8, 10, 16, 16, (128, 128), 5),
+        Shape("w64", 8, 10, 1, 64, (64, 64), 3),
+        # Small shapes for --quick and the smoke test.
+        Shape("quick_train", 2, 4, 16, 16, (32, 32), 3),
+        Shape("quick_cin1", 2, 4, 1, 32, (16, 16), 3),
+    ]
+}
+FULL = ["stream_tiny", "stream_small", "stream_main", "main_job", "w16", "w64"]
+QUICK = ["stream_tiny", "stream_small", "quick_train", "quick_cin1"]
+GPU = ["w16", "main_job"]
+
+# (rtol, atol) of the checks against the plain path: fp32 paths differ by summation order only.
+TOLERANCE = {"fp32": (1e-3, 1e-4), "bf16": (0.1, 0.1)}
+
+
+def parse_shape(text: str) -> Shape:
+    """A grid name, or ``B,T,C_in,S,H1-H2-...,K[,stream]`` (e.g. ``8,10,16,16,128-128,5``)."""
+    if text in SHAPES:
+        return SHAPES[text]
+    parts = text.split(",")
+    try:
+        batch, steps, cin, size = (int(p) for p in parts[:4])
+        hidden = tuple(int(h) for h in parts[4].split("-"))
+        kernel = int(parts[5])
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"unknown shape {text!r}: use one of {', '.join(SHAPES)} or B,T,C_in,S,H1-H2,K[,stream]"
+        ) from None
+    stream = len(parts) > 6 and parts[6] == "stream"
+    return Shape(text, batch, 1 if stream else steps, cin, size, hidden, kernel, stream)
+
+
+@dataclasses.dataclass
+class Variant:
+    """A way to run a shape: ``forward()`` returns ``(B, T, C, H, W)``; ``params`` get gradients;
+    ``context`` wraps every call (autocast, fast-path settings)."""
+
+    name: str
+    forward: Callable[[Tensor], Tensor]
+    params: list[Tensor]
+    x: Tensor
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    precision: str = "fp32"
+    reference: str | None = None  # the variant it must match ("plain" or "plain_peep")
+    own: bool = False  # our layer's parameters: compare their gradients too
+    input_grad: bool = True  # check the input's gradient (a compiled graph would recompile)
+
+
+def _layer(shape: Shape, device: torch.device, **options: Any) -> ConvLSTM2d:
+    spatial = {"spatial_size": (shape.size, shape.size)} if options.get("peephole") else {}
+    layer = ConvLSTM2d(
+        shape.in_channels, list(shape.hidden), shape.kernel, **spatial, **options
+    ).to(device)
+    with torch.no_grad():  # random peepholes and biases, so that no term hides behind a zero
+        for p in layer.parameters():
+            if p.dim() != 4:
+                p.uniform_(-0.5, 0.5)
+    return layer
+
+
+def _autocast(device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _forced(**choices: Any) -> Callable[[], contextlib.AbstractContextManager]:
+    return lambda: fast.settings(**choices)
+
+
+def _train_variants(
+    shape: Shape, device: torch.device, args: argparse.Namespace
+) -> tuple[dict[str, Variant], list[str]]:
+    """The variants of a training shape, and notes on those left out."""
+    torch.manual_seed(0)
+    x = torch.randn(shape.batch, shape.steps, shape.in_channels, shape.size, shape.size)
+    x = x.to(device)
+    layer = _layer(shape, device)
+    peep = _layer(shape, device, peephole="spatial")
+    ckpt = _layer(shape, device, checkpoint_steps=True)
+    ckpt.load_state_dict(layer.state_dict())
+    run = lambda m: lambda inp: m(inp)[0]  # noqa: E731
+    own = list(layer.parameters())
+    variants = {
+        "plain": Variant("plain", run(layer), own, x, fast.plain, own=True),
+        "plain_peep": Variant("plain_peep", run(peep), list(peep.parameters()), x, fast.plain),
+        "floor": Variant("floor", _baselines.FloorConvs(layer), own, x),
+        "convlstm": Variant("convlstm", run(layer), own, x, reference="plain", own=True),
+        "convlstm_plain": Variant(
+            "convlstm_plain", run(layer), own, x, fast.plain, reference="plain", own=True
+        ),
+        "convlstm_bf16": Variant(
+            "convlstm_bf16", run(layer), own, x, _autocast(device), "bf16", "plain", own=True
+        ),
+        "convlstm_ckpt": Variant(
+            "convlstm_ckpt", run(ckpt), list(ckpt.parameters()), x, reference="plain", own=True
+        ),
+        "convlstm_peep": Variant(
+            "convlstm_peep", run(peep), list(peep.parameters()), x, reference="plain_peep"
+        ),
+    }
+    naive = _baselines.naive_from(peep)
+    variants["naive"] = Variant("naive", naive, list(naive.parameters()), x, reference="plain_peep")
+    # The plan's per-shape choices, each against its alternative (same function, timed).
+    frame, cell = x[:, 0], layer.cells[0]
+    if _plan.use_channels_last(cell, frame):
+        variants["convlstm_nchw"] = Variant(
+            "convlstm_nchw", run(layer), own, x, _forced(channels_last=False), "fp32", "plain", True
+        )
+    if _plan.use_joint_conv(cell, frame, shape.steps):
+        variants["convlstm_batched"] = Variant(
+            "convlstm_batched",
+            run(layer),
+            own,
+            x,
+            _forced(input_conv="batched"),
+            "fp32",
+            "plain",
+            True,
+        )
+    notes = []
+    if args.compile or (device.type == "cuda" and not args.no_compile):
+        compiled = fast.compile_layer(layer)
+        marked = device.type == "cuda"
+
+        def compiled_run(inp: Tensor) -> Tensor:
+            if marked:
+                torch.compiler.cudagraph_mark_step_begin()
+            return compiled(inp)[0]
+
+        variants["convlstm_compiled"] = Variant(
+            "convlstm_compiled", compiled_run, own, x, reference="plain", own=True, input_grad=False
+        )
+    if not args.no_keras:
+        try:
+            stack = _baselines.keras_from(layer, (shape.size, shape.size))
+        except (ImportError, RuntimeError) as error:
+            notes.append(f"keras left out: {error}")
+        else:
+            kx = _baselines.to_keras_layout(x)
+            variants["keras"] = Variant(
+                "keras",
+                lambda inp: _baselines.from_keras_layout(stack(inp)),
+                stack.parameters(),
+                kx,
+                reference="plain",
+            )
+    return variants, notes
+
+
+def _max_error(a: Tensor, b: Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+def _check(variant: Variant, reference: Variant, grad: Tensor) -> dict[str, Any]:
+    """Forward values and gradients of ``variant`` against ``reference``; raises AssertionError
+    on a mismatch. Returns the largest differences."""
+    results = []
+    for v in (reference, variant):
+        x = v.x.detach().clone().requires_grad_(variant.input_grad)
+        for p in v.params:
+            p.grad = None
+        with v.context():
+            out = v.forward(x)
+        out.backward(grad)
+        x_grad = x.grad
+        if x_grad is not None and v.name == "keras":
+            x_grad = _baselines.from_keras_layout(x_grad)
+        results.append((out.detach().clone(), x_grad, [p.grad.clone() for p in v.params]))
+    (want, want_dx, want_dp), (got, got_dx, got_dp) = results
+    rtol, atol = TOLERANCE[variant.precision]
+    torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
+    errors = {"output": _max_error(got, want)}
+    if variant.input_grad:
+        scale = want_dx.abs().max().item() + 1e-12
+        torch.testing.assert_close(got_dx.float(), want_dx.float(), rtol=rtol, atol=atol * scale)
+        errors["input_grad_rel"] = _max_error(got_dx, want_dx) / scale
+    if variant.own:
+        worst = 0.0
+        for g, w in zip(got_dp, want_dp, strict=True):
+            s = w.abs().max().item() + 1e-12
+            torch.testing.assert_close(g.float(), w.float(), rtol=rtol, atol=atol * s)
+            worst = max(worst, _max_error(g, w) / s)
+        errors["param_grad_rel"] = worst
+    return errors
+
+
+def _bench_train(
+    shape: Shape, device: torch.device, args: argparse.Namespace, peaks: dict[str, float]
+) -> dict[str, Any]:
+    variants, notes = _train_variants(shape, device, args)
+    wanted = set(args.variants) if args.variants else None
+    flops_fwd, flops_train = _measure.conv_flops(
+        shape.in_channels, shape.hidden, shape.kernel, shape.size, shape.batch, shape.steps, True
+    )
+    torch.manual_seed(1)
+    out_shape = (shape.batch, shape.steps, shape.hidden[-1], shape.size, shape.size)
+    grad = torch.randn(out_shape, device=device)
+    timed: dict[str, Variant] = {}
+    results: dict[str, Any] = {}
+    for name, v in variants.items():
+        if name.startswith("plain") or (wanted is not None and name not in wanted):
+            continue
+        entry: dict[str, Any] = {"precision": v.precision}
+        if v.reference is not None:
+            try:
+                entry["check"] = _check(v, variants[v.reference], grad)
+            except AssertionError as error:
+                entry["refused"] = f"does not match {v.reference}: {str(error).splitlines()[0]}"
+                results[name] = entry
+                continue
+            except Exception as error:  # a path that fails to run (e.g. to compile) is not timed
+                entry["refused"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+                results[name] = entry
+                continue
+        timed[name] = v
+        results[name] = entry
+
+    def forward(v: Variant) -> Callable[[], object]:
+        def call() -> object:
+            with torch.no_grad(), v.context():
+                return v.forward(v.x)
+
+        return call
+
+    def train(v: Variant) -> Callable[[], object]:
+        def call() -> None:
+            with v.context():
+                out = v.forward(v.x)
+            out.backward(grad.to(out.dtype) if v.name != "keras" else grad)
+
+        return call
+
+    def clear(v: Variant) -> Callable[[], None]:
+        def call() -> None:
+            for p in v.params:
+                p.grad = None
+
+        return call
+
+    fwd_cases = {name: forward(v) for name, v in timed.items()}
+    train_cases = {name: train(v) for name, v in timed.items()}
+    for cases in (fwd_cases, train_cases):  # warm-up: compile, caches, allocator
+        for call in cases.values():
+            call()
+    fwd_times = _measure.time_interleaved(fwd_cases, args.rounds, device)
+    prepare = {name: clear(v) for name, v in timed.items()}
+    train_times = _measure.time_interleaved(train_cases, args.rounds, device, prepare=prepare)
+    for name, v in timed.items():
+        entry = results[name]
+        entry["forward"] = _measure.summarise(fwd_times[name])
+        entry["train"] = _measure.summarise(train_times[name])
+        seconds = entry["train"]["median_ms"] / 1e3
+        entry["train_gflops"] = flops_train / seconds / 1e9
+        entry["train_fraction_of_peak"] = entry["train_gflops"] / peaks[v.precision]
+        entry["forward_gflops"] = flops_fwd / (entry["forward"]["median_ms"] / 1e3) / 1e9
+        if not args.no_memory:
+            clear(v)()
+            with v.context():
+                entry["memory_mb"] = _measure.memory_mb(
+                    lambda v=v: v.forward(v.x), lambda out: out.backward(grad.to(out.dtype)), device
+                )
+    return {
+        "results": results,
+        "notes": notes,
+        "flops": {"forward": flops_fwd, "train": flops_train},
+    }
+
+
+def _bench_stream(
+    shape: Shape, device: torch.device, args: argparse.Namespace, peaks: dict[str, float]
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    size = (shape.size, shape.size)
+    peep = _layer(shape, device, peephole="spatial")
+    naive = _baselines.naive_from(peep)
+    x = torch.randn(shape.batch, 1, shape.in_channels, *size, device=device)
+    states = [
+        tuple(torch.randn(shape.batch, c, *size, device=device) for _ in range(2))
+        for c in shape.hidden
+    ]
+    cells = list(peep.cells)
+
+    def naive_step() -> Tensor:
+        inp = x[:, 0]
+        for cell, (h, c) in zip(naive.cells, states, strict=True):
+            inp, _ = cell(inp, h, c)
+        return inp
+
+    def cell_step() -> Tensor:
+        inp = x[:, 0]
+        for cell, state in zip(cells, states, strict=True):
+            inp, _ = cell(inp, state)
+        return inp
+
+    def layer_step() -> Tensor:
+        return peep(x, states)[0][:, 0]
+
+    def floor_step() -> Tensor:
+        inp = x[:, 0]
+        for cell, (h, _) in zip(cells, states, strict=True):
+            inp = cell.recurrent_conv(h).add_(cell.input_conv(inp))[:, : cell.hidden_channels]
+        return inp
+
+    cases = {
+        "naive": naive_step,
+        "floor": floor_step,
+        "convlstm_cell": cell_step,
+        "convlstm_layer": layer_step,
+    }
+    results: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    if args.stream_threads:
+        torch.set_num_threads(args.stream_threads)
+    with torch.no_grad():
+        with fast.plain():
+            want = cell_step()
+        for name in ("naive", "convlstm_cell", "convlstm_layer"):
+            try:
+                got = cases[name]()
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+                results[name] = {"check": {"output": _max_error(got, want)}}
+            except AssertionError as error:
+                results[name] = {"refused": f"does not match plain: {str(error).splitlines()[0]}"}
+                del cases[name]
+        results["floor"] = {}
+        for call in cases.values():
+            call()
+        repeat = max(1, args.stream_repeat)
+        times = _measure.time_interleaved(cases, args.rounds, device, repeat=repeat)
+    torch.set_num_threads(threads)
+    flops, _ = _measure.conv_flops(
+        shape.in_channels, shape.hidden, shape.kernel, shape.size, shape.batch, 1, False
+    )
+    for name, samples in times.items():
+        results[name]["forward"] = _measure.summarise(samples)
+        results[name]["forward_gflops"] = (
+            flops / (results[name]["forward"]["median_ms"] / 1e3) / 1e9
+        )
+        results[name]["precision"] = "fp32"
+    notes = (
+        [f"timed with {args.stream_threads or threads} CPU thread(s)"]
+        if device.type == "cpu"
+        else []
+    )
+    return {"results": results, "notes": notes, "flops": {"forward": flops}}
+
+
+def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
+    """Speed-ups (> 1: the first is faster) and memory ratios between variants."""
+
+    def t(name: str, kind: str) -> float | None:
+        entry = results.get(name, {})
+        return entry[kind]["median_ms"] if kind in entry else None
+
+    pairs = (
+        [
+            ("convlstm_layer_vs_naive", "convlstm_layer", "naive", "forward"),
+            ("convlstm_cell_vs_naive", "convlstm_cell", "naive", "forward"),
+        ]
+        if shape.stream
+        else [
+            ("train_convlstm_vs_floor", "convlstm", "floor", "train"),
+            ("train_convlstm_peep_vs_naive", "convlstm_peep", "naive", "train"),
+            ("train_convlstm_vs_keras", "convlstm", "keras", "train"),
+            ("train_convlstm_vs_plain", "convlstm", "convlstm_plain", "train"),
+            ("train_channels_last_vs_nchw", "convlstm", "convlstm_nchw", "train"),
+            ("train_joint_vs_batched_input_conv", "convlstm", "convlstm_batched", "train"),
+            ("train_bf16_vs_fp32", "convlstm_bf16", "convlstm", "train"),
+            ("train_compiled_vs_convlstm", "convlstm_compiled", "convlstm", "train"),
+            ("train_compiled_vs_naive", "convlstm_compiled", "naive", "train"),
+            ("forward_convlstm_vs_floor", "convlstm", "floor", "forward"),
+            ("forward_convlstm_peep_vs_naive", "convlstm_peep", "naive", "forward"),
+            ("forward_convlstm_vs_keras", "convlstm", "keras", "forward"),
+        ]
+    )
+    ratios = {}
+    for label, ours, other, kind in pairs:
+        a, b = t(ours, kind), t(other, kind)
+        if a is not None and b is not None:
+            ratios[label] = b / a
+    floor_mem = results.get("floor", {}).get("memory_mb")
+    if floor_mem:
+        for name in ("convlstm", "convlstm_ckpt", "convlstm_peep", "naive", "keras"):
+            mem = results.get(name, {}).get("memory_mb")
+            if mem:
+                ratios[f"after_forward_memory_{name}_vs_floor"] = (
+                    mem["after_forward"] / floor_mem["after_forward"]
+                )
+                ratios[f"peak_memory_{name}_vs_floor"] = mem["peak"] / floor_mem["peak"]
+    return ratios
+
+
+def _machine(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = torch.backends.cudnn.allow_tf32
+    return info
+
+
+def run_suite(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the shapes of ``args`` (see :func:`add_parser`); returns the JSON-able report and, if
+    ``args.json`` is set, writes it there after each shape (partial results survive a crash)."""
+    device = _device(args.device)
+    if device.type == "cuda":  # fp32 means fp32: no TF32 unless asked (bf16 is its own variant)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        fast.tune_cpu_allocator()
+    names = args.shapes or (QUICK if args.quick else GPU if device.type == "cuda" else FULL)
+    shapes = [parse_shape(n) for n in names]
+    peaks = {
+        "fp32": _measure.peak_gflops(device, torch.float32),
+        "bf16": _measure.peak_gflops(device, torch.bfloat16),
+    }
+    report: dict[str, Any] = {
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "machine": _machine(device),
+        "options": {k: v for k, v in vars(args).items() if k not in ("func",)},
+        "peak_gflops": peaks,
+        "shapes": [],
+    }
+    log(f"peak (matmul): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    for shape in shapes:
+        log(f"== {shape.name}: {shape.describe()}")
+        bench = _bench_stream if shape.stream else _bench_train
+        entry = {"shape": dataclasses.asdict(shape), **bench(shape, device, args, peaks)}
+        entry["ratios"] = _ratios(shape, entry["results"])
+        report["shapes"].append(entry)
+        log(format_shape(entry))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return device
+
+
+def _fmt_time(entry: dict[str, Any], kind: str) -> str:
+    if kind not in entry:
+        return "-"
+    s = entry[kind]
+    return f"{s['median_ms']:.3g} [{s['q1_ms']:.3g}, {s['q3_ms']:.3g}]"
+
+
+def format_shape(entry: dict[str, Any]) -> str:
+    """A text table of one shape's results: times in ms as median [q1, q3]."""
+    rows = [("variant", "forward ms", "train ms", "GFLOP/s", "% peak", "MB fwd/peak", "check")]
+    for name, r in entry["results"].items():
+        if "refused" in r:
+            rows.append((name, "-", "-", "-", "-", "-", "REFUSED: " + r["refused"][:60]))
+            continue
+        gflops = r.get("train_gflops", r.get("forward_gflops"))
+        fraction = r.get("train_fraction_of_peak")
+        mem = r.get("memory_mb")
+        check = r.get("check")
+        rows.append(
+            (
+                name,
+                _fmt_time(r, "forward"),
+                _fmt_time(r, "train"),
+                f"{gflops:.1f}" if gflops else "-",
+                f"{100 * fraction:.0f}%" if fraction else "-",
+                f"{mem['after_forward']:.0f}/{mem['peak']:.0f}" if mem else "-",
+                "ok" if check else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines += [f"  {k}: {v:.2f}" for k, v in entry["ratios"].items()]
+    lines += [f"  note: {n}" for n in entry["notes"]]
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``benchmark`` subcommand to ``subparsers``; its handler, ``args.func(args)``,
+    returns the exit code."""
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="time and size the ConvLSTM layer against a naive cell, Keras and the bare convolutions",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=_handle)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small shapes, few rounds (~1 min)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="SHAPE",
+        help=f"grid names ({', '.join(SHAPES)}) or B,T,C_in,S,H1-H2,K[,stream]",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument("--json", metavar="OUT", help="write the report as JSON to OUT")
+    parser.add_argument("--rounds", type=int, help="timing rounds (default 7, --quick 3)")
+    parser.add_argument("--variants", nargs="+", help="time only these variants")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument(
+        "--tune-malloc", action="store_true", help="convlstm.fast.tune_cpu_allocator() first"
+    )
+    parser.add_argument("--compile", action="store_true", help="time compile_layer on CPU too")
+    parser.add_argument("--no-compile", action="store_true", help="skip compile_layer on CUDA")
+    parser.add_argument("--no-keras", action="store_true", help="leave Keras out")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: let fp32 use TF32 tensor cores")
+    parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    parser.add_argument(
+        "--stream-repeat", type=int, default=20, help="calls per timing of a streaming step"
+    )
+    parser.add_argument(
+        "--stream-threads",
+        type=int,
+        default=1,
+        help="CPU threads for streaming shapes (default 1: a B=1 step is latency-bound, and two "
+        "threads wait on each other for every small operation; 0 keeps --threads)",
+    )
+
+
+def _handle(args: argparse.Namespace) -> int:
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 7
+    try:
+        args.shapes = [s.name for s in map(parse_shape, args.shapes)] if args.shapes else None
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run_suite(args)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark as a script (``benchmarks/bench.py``)."""
+    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    return _handle(parser.parse_args(argv))

@@ -1,0 +1,123 @@
+"""Opt-in speed: compiled layers (fused gates, CUDA graphs), allocator tuning, and the switches
+of the eager fast paths.
+
+The eager fast paths are on by default and need nothing from here: the gate arithmetic runs as
+one autograd node (:mod:`convlstm._gates`), and a per-shape plan (:mod:`convlstm._plan`) picks the
+memory format and how the input convolution is batched. Every one gives the plain path's values
+and gradients (up to rounding); :func:`plain` turns them all off, :func:`settings` forces each.
+
+>>> import torch
+>>> from convlstm import ConvLSTM2d
+>>> layer = ConvLSTM2d(1, 8, 3)
+>>> x = torch.randn(2, 4, 1, 16, 16)
+>>> with plain():
+...     reference, _ = layer(x)
+>>> torch.allclose(layer(x)[0], reference, atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlstm import _settings
+
+__all__ = ["compile_layer", "plain", "settings", "tune_cpu_allocator"]
+
+
+@contextlib.contextmanager
+def settings(
+    *,
+    fused_gates: bool | None = None,
+    fused_loop: bool | None = None,
+    channels_last: bool | None = None,
+    input_conv: str | None = None,
+) -> Iterator[_settings.Settings]:
+    """Force fast-path choices within the block (process-wide, not thread-local).
+
+    Args:
+        fused_gates: ``False`` computes each step's gates with plain autograd expressions.
+        fused_loop: ``False`` keeps one autograd node per step instead of one per layer.
+        channels_last: force 2-D layers into (``True``) or out of (``False``) channels-last.
+        input_conv: ``"batched"`` (one input convolution per sequence) or ``"joint"`` (one
+            convolution of ``[x_t, h]`` per step where the geometry allows it).
+
+    Arguments left ``None`` keep their current value.
+    """
+    given = dict(
+        fused_gates=fused_gates,
+        fused_loop=fused_loop,
+        channels_last=channels_last,
+        input_conv=input_conv,
+    )
+    changes = {name: value for name, value in given.items() if value is not None}
+    with _settings.override(**changes) as current:
+        yield current
+
+
+@contextlib.contextmanager
+def plain() -> Iterator[_settings.Settings]:
+    """Within the block, the layers run the plain path: autograd gate expressions, the standard
+    memory format and one batched input convolution — the reference every fast path is tested
+    against."""
+    changes = dict(fused_gates=False, fused_loop=False, channels_last=False, input_conv="batched")
+    with _settings.override(**changes) as current:
+        yield current
+
+
+def compile_layer(module: nn.Module, *, cuda_graphs: bool | None = None, **options: Any) -> Any:
+    """``torch.compile`` a layer (or any module around one) for static shapes.
+
+    The whole forward is traced, its time loop unrolled: the compiler fuses each step's gate
+    arithmetic into one kernel (Triton on CUDA, C++ on CPU), and with ``cuda_graphs`` the whole
+    loop, forward and backward, is replayed as CUDA graphs (``mode="reduce-overhead"``), which
+    removes the per-kernel launch cost. Each new input shape compiles again.
+
+    Args:
+        module: e.g. a :class:`~convlstm.layers.ConvLSTM2d`, on its final device.
+        cuda_graphs: capture CUDA graphs; default: if the module's parameters are on CUDA.
+        options: passed to :func:`torch.compile` (e.g. ``backend="aot_eager"`` to test on CPU).
+
+    Returns:
+        The compiled module; call it like ``module``. With CUDA graphs, outputs live in memory
+        the next call overwrites: clone what you keep, and in a training loop call
+        ``torch.compiler.cudagraph_mark_step_begin()`` before each step.
+    """
+    if cuda_graphs is None:
+        cuda_graphs = any(p.is_cuda for p in module.parameters())
+    options.setdefault("fullgraph", True)
+    options.setdefault("dynamic", False)
+    if cuda_graphs:
+        options.setdefault("mode", "reduce-overhead")
+    return torch.compile(module, **options)
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system.
+
+    Large CPU tensors (over 32 MB at most) are otherwise ``mmap``-ed and unmapped on every
+    allocation, and each page faults again when first written: on virtual machines that made
+    training steps of the 64×64 benchmark workload 2-3× slower. Afterwards the process keeps its
+    peak memory. Process-wide and permanent; call it once, at the start of a training or
+    benchmark script. Returns False (and changes nothing) where ``mallopt`` is unavailable.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    ok = mallopt(_M_MMAP_MAX, 0) == 1
+    return bool(ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)

@@ -1,0 +1,324 @@
+"""Every fast path against the plain path (forward values and gradients) on random inputs.
+
+The plain path is the core under :func:`convlstm.fast.plain`: autograd gate expressions, the
+standard memory format, one batched input convolution, one autograd node per operation.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from convlstm import ConvLSTM, ConvLSTM2d, ConvLSTMCell, _recurrence, fast
+from convlstm._gates import fused_gates
+from convlstm._measure import memory_mb
+from convlstm._recurrence import recurrence
+
+F64 = torch.float64
+SIZES = {1: (7,), 2: (6, 5), 3: (3, 4, 5)}
+
+
+def _plain_gates(pre, c, w_ci, w_cf, w_co):
+    """The cell's plain expressions (ConvLSTMCell._gates without norm)."""
+    i, f, g, o = pre.chunk(4, 1)
+    if c is not None and w_ci is not None:
+        i, f = i + w_ci * c, f + w_cf * c
+    i, g = torch.sigmoid(i), torch.tanh(g)
+    c_new = i * g if c is None else torch.sigmoid(f) * c + i * g
+    if w_co is not None:
+        o = o + w_co * c_new
+    return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
+
+def _peepholes(kind, channels, size, dtype=F64):
+    if kind is None:
+        return (None, None, None)
+    shape = (channels, 1, 1) if kind == "channel" else (channels, *size)
+    return tuple(torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(3))
+
+
+@pytest.mark.parametrize("peephole", [None, "channel", "spatial"])
+@pytest.mark.parametrize("with_c", [True, False])
+def test_fused_gates_gradcheck_and_plain_values(peephole, with_c):
+    torch.manual_seed(0)
+    pre = torch.randn(2, 12, 4, 5, dtype=F64, requires_grad=True)
+    c = torch.randn(2, 3, 4, 5, dtype=F64, requires_grad=True) if with_c else None
+    inputs = (pre, c, *_peepholes(peephole, 3, (4, 5)))
+
+    def fused(pre, *rest):
+        return fused_gates(pre * 1, *rest, inplace=True)  # a buffer the function may own
+
+    assert torch.autograd.gradcheck(fused, inputs)
+    for got, want in zip(fused(*inputs), _plain_gates(*inputs), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    with torch.no_grad():  # no autograd node, same values
+        for got, want in zip(fused(*inputs), _plain_gates(*inputs), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+
+
+def test_fused_gates_only_overwrite_when_asked():
+    pre = torch.randn(1, 8, 3, 3)
+    kept = pre.clone()
+    fused_gates(pre, None)
+    assert torch.equal(pre, kept)
+    fused_gates(pre, None, inplace=True)
+    assert not torch.equal(pre, kept)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chunks": 1},
+        {"reverse": True, "state": True, "peephole": "channel"},
+        {"mask": True, "state": True, "peephole": "spatial", "stride": 2},
+        {"mask": True, "reverse": True, "steps": 1, "state": True},
+    ],
+)
+def test_whole_layer_node_gradcheck(options, monkeypatch):
+    """The layer-as-one-node (:mod:`convlstm._recurrence`) by finite differences, with gradient
+    chunks of one step and of several."""
+    monkeypatch.setattr(_recurrence, "CHUNKS", options.get("chunks", 2))
+    torch.manual_seed(1)
+    steps, batch, cin, channels, stride = options.get("steps", 3), 2, 2, 2, options.get("stride", 1)
+    size = (3 * stride, 4 * stride)
+    state_size = (3, 4)
+    frames = torch.randn(steps * batch, cin, *size, dtype=F64, requires_grad=True)
+    w_ih = (0.5 * torch.randn(4 * channels, cin, 3, 3, dtype=F64)).requires_grad_()
+    bias = torch.randn(4 * channels, dtype=F64, requires_grad=True)
+    w_hh = (0.5 * torch.randn(4 * channels, channels, 3, 3, dtype=F64)).requires_grad_()
+    peepholes = _peepholes(options.get("peephole"), channels, state_size)
+    state = (None, None)
+    if options.get("state"):
+        shape = (batch, channels, *state_size)
+        state = tuple(torch.randn(shape, dtype=F64, requires_grad=True) for _ in "hc")
+    mask = None
+    if options.get("mask"):
+        mask = (torch.rand(batch, channels, *state_size) > 0.3).to(F64)
+    geometry = ((stride, stride), (1, 1), (1, 1))
+
+    def fn(frames, w_ih, bias, w_hh, w_ci, w_cf, w_co, h0, c0):
+        st = None if h0 is None else (h0, c0)
+        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
+        conv = torch.nn.functional.conv2d
+        reverse = options.get("reverse", False)
+        return recurrence(frames, st, weights, mask, steps, conv, geometry, (1, 1), reverse)
+
+    inputs = (frames, w_ih, bias, w_hh, *peepholes, *state)
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+
+
+def _randomise(module, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.4)
+
+
+def _outputs_and_grads(layer, x, state=None, **kwargs):
+    """Output, final states and the gradients of a loss using all of them."""
+    output, states = layer(x, state, **kwargs)
+    loss = output.square().sum() + sum(h.sum() + c.square().sum() for h, c in states)
+    leaves = [x, *layer.parameters(), *(t for pair in state or () for t in pair)]
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [output, *(t for pair in states for t in pair)], grads
+
+
+def _assert_same(got, want, rtol=1e-9, atol=1e-10):
+    (values, grads), (ref_values, ref_grads) = got, want
+    for a, b in zip(values, ref_values, strict=True):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=rtol * 10, atol=atol * 10)
+
+
+FAST_MODES = {
+    "default": {},
+    "channels_last": {"channels_last": True},
+    "joint_conv": {"input_conv": "joint"},
+    "batched_conv": {"input_conv": "batched"},
+    "per_step_nodes": {"fused_loop": False},
+    "loop_without_fused_gates": {"fused_gates": False},
+}
+LAYERS = {
+    "2d_plain": dict(dims=2),
+    "1d_peephole_state": dict(dims=1, peephole="channel", state=True),
+    "3d_spatial": dict(dims=3, peephole="spatial"),
+    "2d_bidirectional_state": dict(dims=2, bidirectional=True, state=True, peephole="spatial"),
+    "2d_recurrent_dropout": dict(dims=2, recurrent_dropout=0.3, state=True),
+    "2d_lengths_bidirectional": dict(dims=2, bidirectional=True, lengths=True),
+    "2d_repeated_frame": dict(dims=2, steps_mode=True, state=True),
+    "2d_even_kernel": dict(dims=2, kernel=2),
+    "2d_stride": dict(dims=2, stride=2),
+    "2d_norm": dict(dims=2, norm="layer"),
+    "2d_checkpointed": dict(dims=2, checkpoint_steps=True, state=True, peephole="channel"),
+    "2d_checkpointed_repeated": dict(dims=2, checkpoint_steps=True, steps_mode=True),
+}
+
+
+def _case(spec, in_channels):
+    spec = dict(spec)
+    dims, kernel = spec.pop("dims"), spec.pop("kernel", 3)
+    size = SIZES[dims]
+    with_state, lengths = spec.pop("state", False), spec.pop("lengths", False)
+    steps_mode = spec.pop("steps_mode", False)
+    layer = ConvLSTM(
+        in_channels, [4, 3], kernel, spatial_dims=dims, spatial_size=size, dtype=F64, **spec
+    )
+    _randomise(layer)
+    frames = (2,) if steps_mode else (2, 4)
+    x = torch.randn(*frames, in_channels, *size, dtype=F64, requires_grad=True)
+    kwargs = {"steps": 4} if steps_mode else {}
+    if lengths:
+        kwargs["lengths"] = torch.tensor([4, 2])
+    state = None
+    if with_state:
+        sizes = [size, layer.cells[0].output_size(size)]
+        directions = 2 if layer.bidirectional else 1
+        state = [
+            tuple(torch.randn(2, c, *s, dtype=F64, requires_grad=True) for _ in "hc")
+            for c, s in zip([4, 3], sizes, strict=True)
+            for _ in range(directions)
+        ]
+    return layer, x, state, kwargs
+
+
+@pytest.mark.parametrize("mode", sorted(FAST_MODES))
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_layer_fast_paths_equal_plain(case, mode):
+    # 1: the joint convolution's domain on CPU; 5: the whole-layer node's
+    for in_channels in (1, 5) if mode == "default" else (5,):
+        layer, x, state, kwargs = _case(LAYERS[case], in_channels)
+        checkpointed, layer.checkpoint_steps = layer.checkpoint_steps, False
+        torch.manual_seed(2)  # the recurrent-dropout mask
+        with fast.plain():
+            want = _outputs_and_grads(layer, x, state, **kwargs)
+        layer.checkpoint_steps = checkpointed
+        torch.manual_seed(2)
+        with fast.settings(**FAST_MODES[mode]):
+            got = _outputs_and_grads(layer, x, state, **kwargs)
+        _assert_same(got, want)
+
+
+def test_cell_fast_path_equals_plain():
+    cell = ConvLSTMCell(3, 4, 3, spatial_dims=2, peephole="spatial", spatial_size=(5, 6), dtype=F64)
+    _randomise(cell)
+    x = torch.randn(2, 3, 5, 6, dtype=F64, requires_grad=True)
+    state = tuple(torch.randn(2, 4, 5, 6, dtype=F64, requires_grad=True) for _ in "hc")
+    results = []
+    for context in (fast.plain, fast.settings):
+        with context():
+            h, c = cell(x, state)
+            h2, c2 = cell(x, (h, c))
+            loss = h2.square().sum() + c2.sum()
+            results.append(([h2, c2], torch.autograd.grad(loss, [x, *state, *cell.parameters()])))
+    _assert_same(results[1], results[0])
+
+
+def test_float32_and_bf16_autocast_fast_paths():
+    layer = ConvLSTM2d(2, [8, 8], 3, peephole="channel")
+    x = torch.randn(2, 5, 2, 12, 12)
+    with fast.plain():
+        want = _outputs_and_grads(layer, x.clone().requires_grad_())
+    got = _outputs_and_grads(layer, x.clone().requires_grad_())
+    _assert_same(got, want, rtol=1e-4, atol=1e-5)
+    with fast.settings(channels_last=True):
+        got = _outputs_and_grads(layer, x.clone().requires_grad_())
+    _assert_same(got, want, rtol=1e-4, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = _outputs_and_grads(layer, x.clone().requires_grad_())
+    _assert_same(got, want, rtol=0.1, atol=0.1)
+    plain_layer = ConvLSTM2d(2, [8, 8], 3)  # no fp32 peepholes: the whole step runs in bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert plain_layer(x)[0].dtype == torch.bfloat16
+
+
+def test_fused_loop_keeps_less_memory_and_checkpointing_even_less():
+    x = torch.randn(4, 8, 4, 16, 16)
+    memory = {}
+    for name, context, options in [
+        ("plain", fast.plain, {}),
+        ("fused", fast.settings, {}),
+        ("checkpointed", fast.settings, {"checkpoint_steps": True}),
+    ]:
+        torch.manual_seed(0)
+        layer = ConvLSTM2d(4, [16, 16], 3, **options)
+        with context():
+            memory[name] = memory_mb(
+                lambda layer=layer: layer(x)[0], lambda out: out.sum().backward(), x.device
+            )
+    # Saved per layer and step, in state tensors: plain 8, fused 6, checkpointed 3.
+    assert memory["fused"]["after_forward"] < 0.92 * memory["plain"]["after_forward"]
+    assert memory["fused"]["peak"] < 0.95 * memory["plain"]["peak"]
+    assert memory["checkpointed"]["after_forward"] < 0.55 * memory["fused"]["after_forward"]
+
+
+def test_compile_layer_matches_eager_on_cpu():
+    layer = ConvLSTM2d(2, [4, 4], 3, peephole="channel")
+    x = torch.randn(2, 3, 2, 6, 6)
+    want = _outputs_and_grads(layer, x.clone().requires_grad_())
+    compiled = fast.compile_layer(layer, backend="aot_eager")
+    got = _outputs_and_grads(compiled, x.clone().requires_grad_())
+    _assert_same(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_settings_restore_and_validate():
+    from convlstm import _settings
+
+    before = _settings.current()
+    with fast.plain():
+        assert not _settings.current().fused_loop
+        with fast.settings(fused_gates=True, input_conv="joint"):
+            assert _settings.current().fused_gates and not _settings.current().fused_loop
+    assert _settings.current() == before
+    with pytest.raises(ValueError, match="input_conv must be None, 'batched' or 'joint'"):
+        with fast.settings(input_conv="per_step"):
+            pass
+
+
+def test_tune_cpu_allocator_runs_in_a_fresh_process():
+    code = "from convlstm import fast; print(fast.tune_cpu_allocator())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() in ("True", "False")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("mode", sorted(FAST_MODES))
+def test_cuda_fast_paths_equal_plain(mode, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    layer = ConvLSTM2d(3, [16, 8], 3, peephole="channel", bidirectional=True).cuda()
+    x = torch.randn(4, 6, 3, 16, 16, device="cuda", requires_grad=True)
+    with fast.plain():
+        want = _outputs_and_grads(layer, x)
+    with fast.settings(**FAST_MODES[mode]):
+        got = _outputs_and_grads(layer, x)
+    _assert_same(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_compile_layer_with_cuda_graphs_trains_like_eager(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    layer = ConvLSTM2d(4, [16, 16], 3).cuda()
+    x = torch.randn(2, 5, 4, 16, 16, device="cuda")
+    with fast.plain():
+        want = _outputs_and_grads(layer, x.clone().requires_grad_())
+    compiled = fast.compile_layer(layer)
+    for _ in range(3):  # warm-up, recording, replay
+        torch.compiler.cudagraph_mark_step_begin()
+        got = _outputs_and_grads(compiled, x.clone().requires_grad_())
+        got = ([t.clone() for t in got[0]], [g.clone() for g in got[1]])
+    _assert_same(got, want, rtol=1e-4, atol=1e-5)
