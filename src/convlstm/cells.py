@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +135,12 @@ class ConvLSTMCell(nn.Module):
         ((2, 8, 16, 16), (2, 8, 16, 16))
     """
 
+    bias: Tensor | None
+    weight_ci: Tensor | None
+    weight_cf: Tensor | None
+    weight_co: Tensor | None
+    norm_weight: Tensor | None
+
     def __init__(
         self,
         in_channels: int,
@@ -197,7 +204,7 @@ class ConvLSTMCell(nn.Module):
         )
         self.unit_forget_bias = unit_forget_bias
 
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         gates = 4 * hidden_channels
         self.weight_ih = nn.Parameter(torch.empty(gates, in_channels, *self.kernel_size, **factory))
         self.weight_hh = nn.Parameter(
