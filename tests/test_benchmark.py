@@ -52,7 +52,7 @@ def test_add_parser_registers_the_subcommand():
     parser = argparse.ArgumentParser(prog="convlstm")
     benchmark.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["benchmark", "--quick", "--shapes", "w16", "--device", "cpu"])
-    assert args.command == "benchmark" and args.quick and callable(args.func)
+    assert args.command == "benchmark" and args.quick and callable(args.handler)
 
 
 def test_unknown_shape_is_an_error(capsys):

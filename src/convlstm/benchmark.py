@@ -573,7 +573,7 @@ def format_shape(entry: dict[str, Any]) -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``benchmark`` subcommand to ``subparsers``; its handler, ``args.func(args)``,
+    """Add the ``benchmark`` subcommand to ``subparsers``; its handler, ``args.handler(args)``,
     returns the exit code."""
     parser = subparsers.add_parser(
         "benchmark",
@@ -581,7 +581,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     _add_arguments(parser)
-    parser.set_defaults(func=_handle)
+    parser.set_defaults(handler=_handle)
     return parser
 
 

@@ -401,7 +401,7 @@ class ConvLSTMCell(nn.Module):
     def joint_step(
         self, x: Tensor, state: State, weight: Tensor, h_mask: Tensor | None = None
     ) -> State:
-        """One step with a single convolution of ``[x, h]``, for inputs with few channels.
+        """One step with a single convolution of ``[x, h]`` (few input channels, or one step).
 
         Args:
             x: ``(B, C_in, *S)`` frame; :meth:`joint_conv_possible` must hold for its size.

@@ -1,4 +1,4 @@
-"""The ``convlstm`` command: ``train``, ``evaluate``, ``predict``, ``export``.
+"""The ``convlstm`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``benchmark``.
 
 ``convlstm train [--config FILE|NAME] [--out DIR] [--resume] [--overwrite] [section.key=value ...]``
 trains a model (under ``torchrun --nproc_per_node=N`` with DistributedDataParallel), then rank 0
@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from convlstm import evaluation, export, predict
+from convlstm import benchmark, evaluation, export, predict
 from convlstm.checkpoint import CheckpointError
 from convlstm.config import Config, ConfigError, load_config
 
@@ -199,11 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``convlstm`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="convlstm",
-        description="ConvLSTM spatiotemporal forecasting: train, evaluate, predict, export.",
+        description=(
+            "ConvLSTM spatiotemporal forecasting: train, evaluate, predict, export, benchmark."
+        ),
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train_parser(subparsers)
-    for module in (evaluation, predict, export):
+    for module in (evaluation, predict, export, benchmark):
         module.add_parser(subparsers)
     return parser
 

@@ -59,8 +59,8 @@ class ConvLSTM(nn.Module):
         spatial_size: spatial size ``*S`` of the input frames; required by ``peephole="spatial"``.
         checkpoint_steps: in training, keep only each step's input state for backward and
             recompute the step's activations there (:func:`torch.utils.checkpoint.checkpoint`):
-            activation memory grows by about two state tensors per step instead of about seven,
-            for one more forward pass of compute.
+            activation memory grows by about three state-sized tensors per step (``h``, ``c``,
+            the output) instead of about six, for one more forward pass of compute.
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
