@@ -53,6 +53,8 @@ def _read_npy_header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, 
     except (ValueError, EOFError, OSError, SyntaxError) as exc:
         raise ValueError(f"{where}: not a readable .npy array ({exc})") from exc
     require_numeric(dtype, where)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{where}: its header declares a negative dimension in shape {tuple(shape)}")
     return tuple(shape), bool(fortran), dtype
 
 
