@@ -322,3 +322,19 @@ def test_cuda_compile_layer_with_cuda_graphs_trains_like_eager(monkeypatch):
         got = _outputs_and_grads(compiled, x.clone().requires_grad_())
         got = ([t.clone() for t in got[0]], [g.clone() for g in got[1]])
     _assert_same(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_joint_weight_cache_follows_weight_changes():
+    cell = ConvLSTMCell(1, 4, 3, spatial_dims=2)
+    x = torch.randn(2, 1, 6, 6)
+    state = (torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6))
+    with torch.no_grad():
+        assert cell.joint_weight() is cell.joint_weight()  # cached without autograd
+        before = cell(x, state)[0]
+        cell.weight_hh.mul_(0.5)  # an in-place update (an optimiser step) invalidates it
+        with fast.plain():
+            want = cell(x, state)[0]
+        got = cell(x, state)[0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(got, before)
+    assert cell.joint_weight().requires_grad  # with autograd: a fresh, differentiable cat

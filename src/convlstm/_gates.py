@@ -40,8 +40,8 @@ def activate(
     ``(h', c')``, each ``(B, C, *S)``, written into ``h_out`` and ``c_out`` if given."""
     a_i, a_f, a_g, a_o = act.chunk(4, dim=1)
     if c is not None and w_ci is not None:
-        a_i.add_(w_ci * c)
-        a_f.add_(w_cf * c)
+        a_i.addcmul_(w_ci, c)
+        a_f.addcmul_(w_cf, c)
     if c is None:
         a_i.sigmoid_()
     else:
@@ -53,7 +53,7 @@ def activate(
         c_new = torch.mul(a_f, c, out=c_out) if c_out is not None else a_f * c
         c_new.addcmul_(a_i, a_g)
     if w_co is not None:
-        a_o.add_(w_co * c_new)
+        a_o.addcmul_(w_co, c_new)
     a_o.sigmoid_()
     h = torch.tanh(c_new, out=h_out) if h_out is not None else torch.tanh(c_new)
     return h.mul_(a_o), c_new

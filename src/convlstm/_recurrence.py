@@ -164,8 +164,12 @@ class Recurrence(torch.autograd.Function):
             t = order[k]
             prev = order[k - 1] if k else None
             dh = None if d_h_steps is None else d_h_steps[t]
+            # Keep the gradients in h's memory format even if the loss's gradient is not (a
+            # standard-layout loss on a channels-last output): mixed layouts are slow.
             if dh_carry is not None:
-                dh = dh_carry if dh is None else dh + dh_carry
+                dh = dh_carry if dh is None else dh_carry + dh
+            elif dh is not None and dh.stride() != h_steps[t].stride():
+                dh = torch.empty_like(h_steps[t]).copy_(dh)
             c_prev = c0 if prev is None else c_steps[prev]
             d_pre = d_chunk[t - lows[t]]
             wanted = (prev is not None or need[4], need[6], need[7], need[8])

@@ -164,6 +164,7 @@ class ConvLSTMCell(nn.Module):
     ) -> None:
         super().__init__()
         self._output_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}  # output_size's cache
+        self._joint_cache: tuple[tuple, Tensor] | None = None  # joint_weight's cache
         check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
         self.spatial_dims = spatial_dims
         self.in_channels = check_positive(in_channels, "in_channels")
@@ -187,7 +188,9 @@ class ConvLSTMCell(nn.Module):
         self.spatial_size = (
             None if spatial_size is None else to_tuple(spatial_size, spatial_dims, "spatial_size")
         )
-        if self.spatial_size is not None and any(n < 1 for n in self.output_size(self.spatial_size)):
+        if self.spatial_size is not None and any(
+            n < 1 for n in self.output_size(self.spatial_size)
+        ):
             raise ValueError(
                 f"spatial_size={self.spatial_size} is too small for kernel_size={self.kernel_size}, "
                 f"dilation={self.dilation}, padding={self.padding!r}: the state would be empty"
@@ -406,8 +409,7 @@ class ConvLSTMCell(nn.Module):
         Args:
             x: ``(B, C_in, *S)`` frame; :meth:`joint_conv_possible` must hold for its size.
             state: ``(h, c)``, each ``(B, C_h, *S)``.
-            weight: ``torch.cat([weight_ih, weight_hh], 1)``, ``(4*C_h, C_in + C_h, *kernel)``,
-                made once per sequence by the caller.
+            weight: :meth:`joint_weight`, made once per sequence by the caller.
             h_mask: optional ``(B, C_h, *S)`` recurrent-dropout mask applied to ``h``.
 
         Returns:
@@ -466,8 +468,20 @@ class ConvLSTMCell(nn.Module):
             return self.step(self.input_conv(x), None)
         state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
         if _plan.use_joint_conv(self, x, steps=1):
-            return self.joint_step(x, state, torch.cat([self.weight_ih, self.weight_hh], dim=1))
+            return self.joint_step(x, state, self.joint_weight())
         return self.step(self.input_conv(x), state)
+
+    def joint_weight(self) -> Tensor:
+        """``torch.cat([weight_ih, weight_hh], 1)``, ``(4*C_h, C_in + C_h, *kernel)``, for
+        :meth:`joint_step`. Without autograd (inference) it is cached until either weight changes
+        (in place or replaced), so that streaming steps do not copy the weights each time."""
+        weights = (self.weight_ih, self.weight_hh)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return torch.cat(weights, dim=1)
+        key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+        if self._joint_cache is None or self._joint_cache[0] != key:
+            self._joint_cache = (key, torch.cat(weights, dim=1))
+        return self._joint_cache[1]
 
     def extra_repr(self) -> str:
         s = (

@@ -358,7 +358,7 @@ class ConvLSTM(nn.Module):
             gates = gates.view(batch, steps, *gates.shape[1:])
         joint_weight = None
         if joint and not checkpointed:
-            joint_weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1)
+            joint_weight = cell.joint_weight()
         # unbind, not indexing per step: the backward of T selects would build T full-size
         # zero tensors, that of one unbind stacks the T gradients once.
         inputs = (frames if per_step else gates).unbind(1)
