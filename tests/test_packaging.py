@@ -1,8 +1,8 @@
-"""Packaging: version, licences, changelog, extras, and the built wheel's contents.
+"""Packaging: version, licences, changelog, extras, and the built wheel's and sdist's contents.
 
-The wheel test builds a copy of the tree without build isolation (fast, offline), and is skipped
-when ``build`` or a recent enough setuptools is missing; ``twine check`` runs on the wheel when
-twine is installed.
+The wheel and sdist tests build a copy of the tree without build isolation (fast, offline), and
+are skipped when ``build`` or a recent enough setuptools is missing; ``twine check`` runs on what
+they build when twine is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tomllib
 import zipfile
 from email.parser import Parser
@@ -33,6 +34,13 @@ PACKAGE_DATA = [
     "data/assets/mnist_digits_8k.npz",
     "data/assets/DATA_LICENSE.md",
 ]
+# What the sdist carries besides the package (MANIFEST.in): single files, and folders whole.
+SDIST_FILES = ["pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "mkdocs.yml"]
+SDIST_FOLDERS = ["benchmarks", "configs", "docs", "examples", "scripts", "tests"]
+# Never copied into a test build: environments, outputs, caches, version control.
+TREE_IGNORE = shutil.ignore_patterns(
+    ".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "site", "runs"
+)
 
 
 def test_version_matches_pyproject():
@@ -118,26 +126,39 @@ def _can_build() -> str | None:
     return None
 
 
-def test_wheel(tmp_path):
-    """Build the wheel from a copy of the tree and check its contents (and ``twine check``)."""
+def _build(tree: Path, kind: str, out: Path) -> Path:
+    """Build ``kind`` (``"wheel"`` or ``"sdist"``) of ``tree`` into ``out``, check it with
+    ``twine check --strict`` where twine is installed, and return its path."""
     reason = _can_build()
     if reason:
         pytest.skip(reason)
-    tree = tmp_path / "tree"
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
-    shutil.copytree(ROOT / "src", tree / "src", ignore=ignore)
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        shutil.copy2(ROOT / name, tree / name)
-    out = tmp_path / "dist"
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out)],
+        [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", str(out)],
         cwd=tree,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (wheel,) = out.glob("convlstm-*.whl")
+    (built,) = out.glob("convlstm-*.whl" if kind == "wheel" else "convlstm-*.tar.gz")
+    if importlib.util.find_spec("twine") is not None:
+        result = subprocess.run(
+            [sys.executable, "-m", "twine", "check", "--strict", str(built)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+    return built
+
+
+def test_wheel(tmp_path):
+    """Build the wheel from a copy of the tree and check its contents (and ``twine check``)."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "src", tree / "src", ignore=TREE_IGNORE)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, tree / name)
+    wheel = _build(tree, "wheel", tmp_path / "dist")
 
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
@@ -157,23 +178,34 @@ def test_wheel(tmp_path):
     assert {"keras", "nowcast", "export", "docs", "dev"} <= set(metadata.get_all("Provides-Extra"))
     assert "convlstm = convlstm.cli:main" in entry_points
 
-    if importlib.util.find_spec("twine") is not None:
-        result = subprocess.run(
-            [sys.executable, "-m", "twine", "check", "--strict", str(wheel)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+
+def test_sdist(tmp_path):
+    """Build the sdist from a copy of the tree: it carries the package with its data, the docs,
+    tests, examples, configs, benchmarks and changelog (MANIFEST.in), and no bytecode."""
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=TREE_IGNORE)
+    stale = tree / "tests" / "__pycache__" / "test_packaging.cpython-311.pyc"
+    stale.parent.mkdir()
+    stale.write_bytes(b"stale bytecode")
+    sdist = _build(tree, "sdist", tmp_path / "dist")
+
+    prefix = f"convlstm-{convlstm.__version__}/"
+    with tarfile.open(sdist) as archive:
+        names = {m.name.removeprefix(prefix) for m in archive.getmembers() if m.isfile()}
+    expected = {*SDIST_FILES, "MANIFEST.in", "docs/index.md", "examples/frame_sequence.py"}
+    expected |= {f"src/convlstm/{relative}" for relative in PACKAGE_DATA}
+    expected |= {f"src/convlstm/configs/{p.name}" for p in (PACKAGE / "configs").glob("*.toml")}
+    expected |= {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
+    for folder in SDIST_FOLDERS:
+        files = [p for p in (tree / folder).rglob("*") if p.is_file() and p != stale]
+        assert files, f"{folder}/ is empty"
+        expected |= {p.relative_to(tree).as_posix() for p in files}
+    assert expected <= names, f"missing from the sdist: {sorted(expected - names)}"
+    assert not [n for n in names if n.endswith(".pyc")]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("mypy") is None, reason="mypy is not installed")
-@pytest.mark.xfail(
-    reason="mypy errors remain in modules being worked on (cells, layers, models, training, "
-    "benchmark, _baselines, _gates, _settings); drop this marker once they are fixed",
-    strict=False,
-)
 def test_mypy():
     """``mypy`` passes on ``src/convlstm`` with the configuration in pyproject.toml."""
     result = subprocess.run(

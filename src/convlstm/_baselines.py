@@ -15,10 +15,13 @@ Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden ch
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from convlstm.cells import ConvLSTMCell
 from convlstm.layers import ConvLSTM
 
 __all__ = [
@@ -41,7 +44,20 @@ class NaiveCell(nn.Module):
     ``forward(x, h, c)``: ``x`` ``(B, C_in, H, W)``, ``h``, ``c`` ``(B, C, H, W)`` -> ``(h', c')``.
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int, kernel: int, size: tuple[int, int]):
+    # Registered by name in __init__: W{x,h}{i,f,c,o} convolutions, Wc{i,f,o} peepholes.
+    Wxi: nn.Conv2d
+    Wxf: nn.Conv2d
+    Wxc: nn.Conv2d
+    Wxo: nn.Conv2d
+    Whi: nn.Conv2d
+    Whf: nn.Conv2d
+    Whc: nn.Conv2d
+    Who: nn.Conv2d
+    Wci: nn.Parameter
+    Wcf: nn.Parameter
+    Wco: nn.Parameter
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel: int, size: tuple[int, ...]):
         super().__init__()
         for g in GATES:
             self.add_module(
@@ -68,7 +84,7 @@ class NaiveConvLSTM(nn.Module):
     ``forward(x)``: ``x`` ``(B, T, C_in, H, W)`` -> the last layer's ``h`` ``(B, T, C, H, W)``.
     """
 
-    def __init__(self, in_channels: int, hidden: list[int], kernel: int, size: tuple[int, int]):
+    def __init__(self, in_channels: int, hidden: list[int], kernel: int, size: tuple[int, ...]):
         super().__init__()
         channels = [in_channels, *hidden]
         self.cells = nn.ModuleList(
@@ -76,7 +92,7 @@ class NaiveConvLSTM(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        for cell in self.cells:
+        for cell in cast("Sequence[NaiveCell]", self.cells):
             h = x.new_zeros(x.shape[0], cell.Whi.out_channels, *x.shape[3:])
             c = h
             outputs = []
@@ -90,13 +106,15 @@ class NaiveConvLSTM(nn.Module):
 def naive_from(layer: ConvLSTM) -> NaiveConvLSTM:
     """A :class:`NaiveConvLSTM` computing what ``layer`` (2-D, ``peephole="spatial"``, odd
     kernels, stride 1) computes, with its weights."""
-    first = layer.cells[0]
+    cells = cast("Sequence[ConvLSTMCell]", layer.cells)
+    first = cells[0]
     assert first.spatial_size is not None and first.peephole == "spatial"
     naive = NaiveConvLSTM(
         layer.in_channels, layer.hidden_channels, first.kernel_size[0], first.spatial_size
     ).to(first.weight_ih)
     with torch.no_grad():
-        for cell, seed in zip(layer.cells, naive.cells, strict=True):
+        for cell, seed in zip(cells, naive.cells, strict=True):
+            assert cell.bias is not None
             w_ih, w_hh = cell.weight_ih.chunk(4), cell.weight_hh.chunk(4)
             bias = cell.bias.chunk(4)
             for index, g in enumerate(GATES):
@@ -125,9 +143,9 @@ class FloorConvs(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch, steps = x.shape[:2]
         cl = torch.channels_last
-        for cell in self.layer.cells:
-            gates = cell.input_conv(x.flatten(0, 1).contiguous(memory_format=cl))
-            gates = gates.view(batch, steps, *gates.shape[1:]).unbind(1)
+        for cell in cast("Sequence[ConvLSTMCell]", self.layer.cells):
+            conv = cell.input_conv(x.flatten(0, 1).contiguous(memory_format=cl))
+            gates = conv.view(batch, steps, *conv.shape[1:]).unbind(1)
             channels = cell.hidden_channels
             h = gates[0][:, :channels].contiguous(memory_format=cl)
             outputs = [h]
@@ -167,7 +185,7 @@ def keras_from(layer: ConvLSTM, size: tuple[int, int]) -> KerasStack:
 
     if keras.backend.backend() != "torch":
         raise RuntimeError(f"Keras runs on {keras.backend.backend()!r}, not torch")
-    layers = []
+    layers: list[Any] = []  # keras.layers.ConvLSTM2D
     for cell in layer.cells:
         assert cell.peephole is None and cell.norm is None
         k = keras.layers.ConvLSTM2D(

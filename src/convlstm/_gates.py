@@ -39,7 +39,7 @@ def activate(
     """Turn the pre-activations in ``act`` ``(B, 4C, *S)`` into ``(i, f, g, o)`` in place; return
     ``(h', c')``, each ``(B, C, *S)``, written into ``h_out`` and ``c_out`` if given."""
     a_i, a_f, a_g, a_o = act.chunk(4, dim=1)
-    if c is not None and w_ci is not None:
+    if c is not None and w_ci is not None and w_cf is not None:  # the peepholes come together
         a_i.addcmul_(w_ci, c)
         a_f.addcmul_(w_cf, c)
     if c is None:
@@ -109,7 +109,7 @@ def backward(
             d_wcf = (d_f * c).sum_to_size(w_cf.shape)
         if need[0]:
             d_c = dc.mul_(f)
-            if w_ci is not None:
+            if w_ci is not None and w_cf is not None:
                 d_c.addcmul_(d_i, w_ci).addcmul_(d_f, w_cf)
     if need[3] and w_co is not None:
         d_wco = (d_o * c_new).sum_to_size(w_co.shape)

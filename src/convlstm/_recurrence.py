@@ -238,7 +238,9 @@ def _flush(
         bias_sizes = None if bias is None else list(bias.shape)
         dx, dw, db = _conv_backward(d_rows, x_rows, w_ih, bias_sizes, *ih, mask)
         if dx is not None:
-            grads["x"].unflatten(0, (steps, -1))[lo:hi].copy_(dx.unflatten(0, (count, -1)))
+            x_grad = grads["x"]
+            assert x_grad is not None  # allocated by the caller when need[0]
+            x_grad.unflatten(0, (steps, -1))[lo:hi].copy_(dx.unflatten(0, (count, -1)))
         _accumulate(grads, "w_ih", dw)
         _accumulate(grads, "b", db)
     if not need[5]:

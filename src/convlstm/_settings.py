@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["Settings", "current", "override"]
 
@@ -43,8 +44,9 @@ def current() -> Settings:
 
 
 @contextlib.contextmanager
-def override(**changes: object) -> Iterator[Settings]:
-    """Within the block, replace the named fields of the current settings."""
+def override(**changes: Any) -> Iterator[Settings]:
+    """Within the block, replace the named fields of the current settings (``dataclasses.replace``
+    checks their names)."""
     if changes.get("input_conv") not in (None, "batched", "joint"):
         raise ValueError(
             f"input_conv must be None, 'batched' or 'joint', got {changes['input_conv']!r}"

@@ -10,8 +10,8 @@ signature.
 * :func:`zeros`: empty frames (no rain).
 * :func:`climatology`: the mean of the input frames, or a given constant or mean field.
 * :func:`optical_flow`: Lucas–Kanade motion and semi-Lagrangian extrapolation with
-  pysteps, the standard precipitation nowcasting baseline. It needs pysteps and OpenCV
-  (``pip install 'convlstm[nowcast]' opencv-python``); without them it raises
+  pysteps, the standard precipitation nowcasting baseline. It needs pysteps and OpenCV, which
+  the ``nowcast`` extra installs (``pip install "convlstm[nowcast]"``); without them it raises
   :class:`BaselineUnavailableError`, and :func:`available_baselines` leaves it out.
 
 >>> import torch
@@ -52,9 +52,7 @@ __all__ = [
 Forecaster = Callable[[Tensor, int], Tensor]
 """``forecast(inputs: (B, T_in, C, H, W), horizon: int) -> (B, horizon, C, H, W)``."""
 
-_NOWCAST_HINT = (
-    "install convlstm[nowcast] and OpenCV: pip install 'convlstm[nowcast]' opencv-python"
-)
+_NOWCAST_HINT = 'install convlstm[nowcast], which brings both: pip install "convlstm[nowcast]"'
 
 
 class BaselineUnavailableError(ImportError):

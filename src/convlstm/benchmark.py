@@ -28,18 +28,20 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from convlstm import _baselines, _measure, _plan, fast
+from convlstm.cells import ConvLSTMCell
 from convlstm.layers import ConvLSTM2d
 
 __all__ = ["SHAPES", "Shape", "add_parser", "main", "run_suite"]
@@ -116,7 +118,7 @@ class Variant:
 
     name: str
     forward: Callable[[Tensor], Tensor]
-    params: list[Tensor]
+    params: Sequence[Tensor]
     x: Tensor
     context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     precision: str = "fp32"
@@ -126,7 +128,9 @@ class Variant:
 
 
 def _layer(shape: Shape, device: torch.device, **options: Any) -> ConvLSTM2d:
-    spatial = {"spatial_size": (shape.size, shape.size)} if options.get("peephole") else {}
+    spatial: dict[str, Any] = (
+        {"spatial_size": (shape.size, shape.size)} if options.get("peephole") else {}
+    )
     layer = ConvLSTM2d(
         shape.in_channels, list(shape.hidden), shape.kernel, **spatial, **options
     ).to(device)
@@ -179,7 +183,7 @@ def _train_variants(
     naive = _baselines.naive_from(peep)
     variants["naive"] = Variant("naive", naive, list(naive.parameters()), x, reference="plain_peep")
     # The plan's per-shape choices, each against its alternative (same function, timed).
-    frame, cell = x[:, 0], layer.cells[0]
+    frame, cell = x[:, 0], cast(ConvLSTMCell, layer.cells[0])
     if _plan.use_channels_last(cell, frame):
         variants["convlstm_nchw"] = Variant(
             "convlstm_nchw", run(layer), own, x, _forced(channels_last=False), "fp32", "plain", True
@@ -229,6 +233,13 @@ def _max_error(a: Tensor, b: Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
 
 
+def _grad_copy(param: Tensor) -> Tensor:
+    """A copy of ``param.grad``; a parameter that backward did not reach is an error."""
+    if param.grad is None:
+        raise RuntimeError("backward left a parameter without a gradient")
+    return param.grad.clone()
+
+
 def _check(variant: Variant, reference: Variant, grad: Tensor) -> dict[str, Any]:
     """Forward values and gradients of ``variant`` against ``reference``; raises AssertionError
     on a mismatch. Returns the largest differences."""
@@ -243,12 +254,13 @@ def _check(variant: Variant, reference: Variant, grad: Tensor) -> dict[str, Any]
         x_grad = x.grad
         if x_grad is not None and v.name == "keras":
             x_grad = _baselines.from_keras_layout(x_grad)
-        results.append((out.detach().clone(), x_grad, [p.grad.clone() for p in v.params]))
+        results.append((out.detach().clone(), x_grad, [_grad_copy(p) for p in v.params]))
     (want, want_dx, want_dp), (got, got_dx, got_dp) = results
     rtol, atol = TOLERANCE[variant.precision]
     torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
     errors = {"output": _max_error(got, want)}
     if variant.input_grad:
+        assert want_dx is not None and got_dx is not None  # x required grad: backward set it
         scale = want_dx.abs().max().item() + 1e-12
         torch.testing.assert_close(got_dx.float(), want_dx.float(), rtol=rtol, atol=atol * scale)
         errors["input_grad_rel"] = _max_error(got_dx, want_dx) / scale
@@ -335,7 +347,9 @@ def _bench_train(
             clear(v)()
             with v.context():
                 entry["memory_mb"] = _measure.memory_mb(
-                    lambda v=v: v.forward(v.x), lambda out: out.backward(grad.to(out.dtype)), device
+                    functools.partial(v.forward, v.x),
+                    lambda out: out.backward(grad.to(out.dtype)),
+                    device,
                 )
     return {
         "results": results,
@@ -356,7 +370,7 @@ def _bench_stream(
         tuple(torch.randn(shape.batch, c, *size, device=device) for _ in range(2))
         for c in shape.hidden
     ]
-    cells = list(peep.cells)
+    cells = cast("list[ConvLSTMCell]", list(peep.cells))
 
     def naive_step() -> Tensor:
         inp = x[:, 0]
@@ -404,7 +418,8 @@ def _bench_stream(
         for call in cases.values():
             call()
         repeat = max(1, args.stream_repeat)
-        times = _measure.time_interleaved(cases, args.rounds, device, repeat=repeat)
+        # dict(): time_interleaved's dict[str, Callable[[], object]] is invariant in its values.
+        times = _measure.time_interleaved(dict(cases), args.rounds, device, repeat=repeat)
     torch.set_num_threads(threads)
     flops, _ = _measure.conv_flops(
         shape.in_channels, shape.hidden, shape.kernel, shape.size, shape.batch, 1, False

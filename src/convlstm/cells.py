@@ -252,9 +252,9 @@ class ConvLSTMCell(nn.Module):
             if self.unit_forget_bias:
                 nn.init.ones_(self.bias[self.hidden_channels : 2 * self.hidden_channels])
         bound = 1.0 / math.sqrt(self.hidden_channels)
-        for weight in (self.weight_ci, self.weight_cf, self.weight_co):
-            if weight is not None:
-                nn.init.uniform_(weight, -bound, bound)
+        for peephole in (self.weight_ci, self.weight_cf, self.weight_co):
+            if peephole is not None:
+                nn.init.uniform_(peephole, -bound, bound)
         if self.norm_weight is not None:
             nn.init.ones_(self.norm_weight)
 
@@ -280,6 +280,8 @@ class ConvLSTMCell(nn.Module):
         )
 
     def _input_pads(self, spatial_size: Sequence[int]) -> list[tuple[int, int]]:
+        if not isinstance(self.padding, str):
+            return [(p, p) for p in self.padding]
         if self.padding == "same":
             return [
                 _same_pads(n, k, s, d)
@@ -287,9 +289,7 @@ class ConvLSTMCell(nn.Module):
                     spatial_size, self.kernel_size, self.stride, self.dilation, strict=True
                 )
             ]
-        if self.padding == "valid":
-            return [(0, 0)] * self.spatial_dims
-        return [(p, p) for p in self.padding]
+        return [(0, 0)] * self.spatial_dims  # "valid"
 
     def check_input(self, x: Tensor, name: str = "x", frame_dims: int = 0) -> None:
         """Raise a clear error unless ``x`` is ``(B, *frames, C_in, *S)`` with ``frame_dims`` leading
@@ -447,7 +447,7 @@ class ConvLSTMCell(nn.Module):
             if self.bias is not None:
                 gates = gates + self._per_channel(self.bias)
         i, f, g, o = gates.chunk(4, dim=1)
-        if c is not None and self.weight_ci is not None:
+        if c is not None and self.weight_ci is not None and self.weight_cf is not None:
             i = i + self.weight_ci * c
             f = f + self.weight_cf * c
         i = self.recurrent_activation(i)
@@ -458,8 +458,8 @@ class ConvLSTMCell(nn.Module):
         h_new = self.recurrent_activation(o) * self.activation(c_new)
         return h_new, c_new
 
-    def _per_channel(self, weight: Tensor | None) -> Tensor | None:
-        return None if weight is None else weight.view(-1, *(1,) * self.spatial_dims)
+    def _per_channel(self, weight: Tensor) -> Tensor:
+        return weight.view(-1, *(1,) * self.spatial_dims)
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``."""

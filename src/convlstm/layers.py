@@ -8,6 +8,7 @@ state spatial size (equal to ``*S`` with the default "same" padding and stride 1
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -153,7 +154,7 @@ class ConvLSTM(nn.Module):
         strides = _per_layer(stride, self.num_layers, "stride")
         dilations = _per_layer(dilation, self.num_layers, "dilation")
         directions = 2 if bidirectional else 1
-        common = dict(
+        common: dict[str, Any] = dict(
             spatial_dims=spatial_dims,
             padding=padding,
             bias=bias,
@@ -181,8 +182,9 @@ class ConvLSTM(nn.Module):
                         **common,
                     )
                 )
-            if size is not None:
-                size = stacks[0][-1].output_size(stacks[0][-1].spatial_size)
+            last = stacks[0][-1]
+            if last.spatial_size is not None:  # given: the next layer's input size
+                size = last.output_size(last.spatial_size)
             channels = directions * hidden[layer]
         self.cells = nn.ModuleList(stacks[0])
         self.cells_reverse = nn.ModuleList(stacks[1]) if bidirectional else None
@@ -209,7 +211,8 @@ class ConvLSTM(nn.Module):
         lengths: Tensor | None = None,
     ) -> tuple[Tensor, list[State]]:
         """Run the stack; see the class docstring for shapes."""
-        first = self.cells[0]
+        # nn.ModuleList is not generic: its items type as Module, cast to the cells they are.
+        first = cast(ConvLSTMCell, self.cells[0])
         if steps is not None:
             check_positive(steps, "steps")
             first.check_input(input, "input")
@@ -231,9 +234,9 @@ class ConvLSTM(nn.Module):
 
         final: list[State] = []
         for layer in range(self.num_layers):
-            directions = [self.cells[layer]]
+            directions = [cast(ConvLSTMCell, self.cells[layer])]
             if self.cells_reverse is not None:
-                directions.append(self.cells_reverse[layer])
+                directions.append(cast(ConvLSTMCell, self.cells_reverse[layer]))
             outputs = []
             for d, cell in enumerate(directions):
                 out, last = self._run(
@@ -249,15 +252,16 @@ class ConvLSTM(nn.Module):
 
     def _check_deeper_sizes(self, size: tuple[int, ...]) -> None:
         """Raise a clear error if a layer after the first would receive an empty input."""
-        for index, cell in enumerate(self.cells):
+        cells = cast("Sequence[ConvLSTMCell]", self.cells)
+        for index, cell in enumerate(cells):
             state_size = cell.output_size(size)
             if index + 1 < self.num_layers and any(
-                n < 1 for n in self.cells[index + 1].output_size(state_size)
+                n < 1 for n in cells[index + 1].output_size(state_size)
             ):
                 raise ValueError(
                     f"input spatial size is too small for layer {index + 1}: it receives "
                     f"{state_size} from layer {index}, too small for its "
-                    f"kernel_size={self.cells[index + 1].kernel_size}"
+                    f"kernel_size={cells[index + 1].kernel_size}"
                 )
             size = state_size
 
@@ -306,8 +310,10 @@ class ConvLSTM(nn.Module):
 
     def _ordered_cells(self) -> list[ConvLSTMCell]:
         if self.cells_reverse is None:
-            return list(self.cells)
-        return [c for pair in zip(self.cells, self.cells_reverse, strict=True) for c in pair]
+            cells = list(self.cells)
+        else:
+            cells = [c for pair in zip(self.cells, self.cells_reverse, strict=True) for c in pair]
+        return cast("list[ConvLSTMCell]", cells)
 
     def _run(
         self,
@@ -324,8 +330,8 @@ class ConvLSTM(nn.Module):
         repeated = x.dim() == self.spatial_dims + 2  # one frame fed at every step
         frame = x if repeated else x[:, 0]
         channels_last = _plan.use_channels_last(cell, frame)
-        if channels_last:
-            state = None if state is None else tuple(_to_channels_last(s) for s in state)
+        if channels_last and state is not None:
+            state = (_to_channels_last(state[0]), _to_channels_last(state[1]))
         h_mask = None
         if self.recurrent_dropout and self.training:
             shape = (batch, cell.hidden_channels, *cell.output_size(frame.shape[2:]))

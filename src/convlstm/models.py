@@ -138,7 +138,7 @@ class EncoderForecaster(nn.Module):
         self.output_activation = output_activation
         self._activation = OUTPUT_ACTIVATIONS[output_activation]
         channels = in_channels * patch_size**2
-        stack = dict(norm=norm, peephole=peephole)
+        stack: dict[str, Any] = dict(norm=norm, peephole=peephole)
         self.encoder = ConvLSTM2d(channels, hidden, kernels, **stack)
         self.forecaster = None if shared else ConvLSTM2d(channels, hidden, kernels, **stack)
         readout_in = sum(hidden) if readout == "concat" else hidden[-1]
@@ -228,7 +228,7 @@ class EncoderForecaster(nn.Module):
             truth = self.patch(targets[:, : horizon - 1])
         x = self.patch(inputs)
         encoded, states = self.encoder(x)
-        outputs = []
+        outputs: list[Tensor] = []
         if predict_inputs:
             seen = encoded[:, :-1]  # the output at step t predicts frame t + 1
             frames = self.readout(seen.flatten(0, 1)).unflatten(0, seen.shape[:2])
