@@ -87,3 +87,24 @@ def test_refuses_to_replace_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         with pytest.raises(ValueError, match="current directory"), atomic_dir(target, True):
             pass
     assert (tmp_path / "work").is_dir()
+
+
+def test_a_parent_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    for target in (blocker / "a.txt", blocker / "sub" / "a.txt"):
+        with pytest.raises(NotADirectoryError, match=r"is a file, not a folder") as error:
+            atomic_write_text(target, "x")
+        assert str(target) in str(error.value) and str(blocker) in str(error.value)
+        with pytest.raises(NotADirectoryError, match=str(blocker)), atomic_dir(target):
+            pass
+    assert blocker.read_text() == "mine" and _listing(tmp_path) == ["file.txt"]
+
+
+def test_stale_temporaries_are_recognised() -> None:
+    from convlstm._atomic import is_temporary
+
+    assert is_temporary(".last.pt.0123abcd.tmp", "last.pt")
+    assert is_temporary(".report.0123abcd.old")
+    assert not is_temporary(".last.pt.0123abcd.tmp", "best.pt")
+    assert not is_temporary("last.pt") and not is_temporary(".last.pt.xyz.tmp")

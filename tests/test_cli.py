@@ -125,3 +125,41 @@ def test_module_entry_point() -> None:
         "convlstm train: error: --config missing.toml: no such file, and not a bundled "
         "configuration (moving_mnist, moving_mnist_large, radar)"
     ]
+
+
+def test_non_finite_overrides_are_usage_errors(capsys, tmp_path: Path) -> None:
+    for item in ("optim.lr=inf", "run.dist_timeout_s=nan", "optim.weight_decay=-inf"):
+        code, err = run(capsys, "--out", str(tmp_path / "run"), *TINY, item)
+        field = item.split("=")[0]
+        assert code == 2 and f"{field} must be a finite number, got" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_failed_collective_under_torchrun_names_the_rank_and_cause(
+    capsys, monkeypatch, rank
+) -> None:
+    from convlstm import cli
+
+    def lost(args):
+        raise RuntimeError(
+            "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+            "[127.0.0.1]:26839: Connection reset by peer. This is typically caused by a remote "
+            "worker hanging or bugs in the application. GLHF!\nmore"
+        )
+
+    monkeypatch.setattr(cli, "_train_command", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err.strip()
+    prefix = "convlstm train" if rank == "0" else "convlstm train [rank 1]"
+    assert err == (
+        f"{prefix}: error: rank {rank} of 2 lost contact with the other processes of the run "
+        "(Read error [127.0.0.1]:26839: Connection reset by peer); another rank probably died "
+        "or hung, see its own error"
+    ), err
+    # an ordinary error under torchrun is reported as it is
+    monkeypatch.setattr(cli, "_train_command", lambda args: (_ for _ in ()).throw(OSError("x")))
+    assert main(["train"]) == 1
+    assert capsys.readouterr().err.strip() == f"{prefix}: error: x"

@@ -96,3 +96,29 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(
         p.name for p in (tmp_path / "single").iterdir()
     )
+
+
+def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch) -> None:
+    from convlstm.distributed import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"run\.device='cuda:7' but CUDA is not available here"):
+        resolve_device("cuda:7")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    message = r"run.device='cuda:7' \(local rank 0\): this machine has 2 CUDA device\(s\)"
+    with pytest.raises(RuntimeError, match=message):
+        resolve_device("cuda:7")
+    with pytest.raises(RuntimeError, match=r"run.device='cuda' \(local rank 3\): this machine"):
+        resolve_device("cuda", local_rank=3)
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+
+
+def test_bad_torchrun_variables_are_named(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(RuntimeError, match=r"WORLD_SIZE must be a whole number >= 0 .*'two'"):
+        init_distributed("cpu", 10)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(RuntimeError, match=r"RANK=2 must be in \[0, WORLD_SIZE=2\)"):
+        init_distributed("cpu", 10)

@@ -312,3 +312,89 @@ def test_cli_evaluate_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
         "unreadable",
     )
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["r"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--gifs", "-1", "expected a whole number >= 0, got '-1'"),
+        ("--gifs", "x", "expected a whole number >= 0, got 'x'"),
+        ("--data-range", "0", "expected a finite number > 0, got '0'"),
+        ("--data-range", "-1", "expected a finite number > 0, got '-1'"),
+        ("--data-range", "nan", "expected a finite number > 0, got 'nan'"),
+        ("--data-range", "inf", "expected a finite number > 0, got 'inf'"),
+        ("--batch-size", "0", "expected a whole number > 0, got '0'"),
+        ("--num-samples", "-3", "expected a whole number > 0, got '-3'"),
+    ],
+)
+def test_cli_evaluate_refuses_bad_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, expected: str
+) -> None:
+    argv = ["--checkpoint", "x.pt", "--data", "moving_mnist", "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as stop:
+        _cli([*argv, option, value])
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"convlstm evaluate: error: argument {option}: {expected}", last
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "foo", "meta"])
+def test_cli_evaluate_bad_device_is_not_blamed_on_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    ckpt = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    argv = ["--checkpoint", ckpt, "--data", "moving_mnist", "--out", str(tmp_path / "r")]
+    assert _cli([*argv, "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convlstm evaluate: error: --device: ") and err.count("\n") == 1, err
+    assert "checkpoint" not in err and repr(device) in err, err
+    with pytest.raises(ValueError, match=r"^device: "):
+        evaluate_checkpoint(ckpt, "moving_mnist", tmp_path / "r", device=device)
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_checkpoint_output_under_a_file_fails_before_work(tmp_path: Path) -> None:
+    ckpt = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        evaluate_checkpoint(ckpt, "nowhere.npy", blocker / "report")  # no data needed to fail
+    assert blocker.read_text() == "mine"
+
+
+def test_radar_reports_state_their_units(tmp_path: Path) -> None:
+    from convlstm.checkpoint import make_checkpoint, save_checkpoint
+    from convlstm.config import config_from_dict, config_to_dict, validate_config
+    from convlstm.data import get_dataset
+    from convlstm.evaluation import value_units
+    from convlstm.models import EncoderForecaster
+
+    radar = {"input_len": 3, "output_len": 2, "num_samples": 2, "size": 32}
+    assert value_units(get_dataset("radar", **radar)) == "rain rate in mm/h"
+    assert "dBZ" in value_units(get_dataset("radar", **radar, transform="dbz"))
+    assert value_units(MovingMNIST(num_samples=1, input_len=3, output_len=2)) is None
+    config = validate_config(
+        config_from_dict(
+            {
+                "model": {"name": "radar", "hidden_channels": [4]},
+                "data": {"name": "radar", "input_len": 3, "horizon": 2, "val_samples": 2,
+                         "options": {"size": 32, "transform": "log"}},
+            }
+        )
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = EncoderForecaster(**config.model.options)
+    ckpt = save_checkpoint(
+        tmp_path / "radar.pt", make_checkpoint(model, "radar", config_to_dict(config))
+    )
+    results = evaluate_checkpoint(
+        ckpt, "radar", tmp_path / "r", num_gifs=0, progress=False, thresholds=[0.0]
+    )
+    assert results["dataset"]["units"].startswith("log10(R + 0.01) of the rain rate R in mm/h")
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert (
+        "Values are log10(R + 0.01) of the rain rate R in mm/h (transform 'log'), not mm/h: "
+        "the errors and event thresholds below are in these units." in summary
+    ), summary
+    assert "not mm/h" in (tmp_path / "r" / "summary.html").read_text()

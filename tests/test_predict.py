@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,65 @@ def test_cli_predict_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFi
     assert run_command([*argv, "--out", str(tmp_path / "o.npy")]) == 1
     err = capsys.readouterr().err
     assert "nope.pt does not exist" in err and err.count("\n") == 1
+
+
+def test_a_broken_image_is_named(tmp_path: Path) -> None:
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(ValueError, match=r"b\.png: cannot read it as an image"):
+        load_frames(tmp_path, 1)
+
+
+def test_check_device() -> None:
+    from convlstm.predict import check_device
+
+    assert check_device("cpu") == torch.device("cpu")
+    assert check_device("cpu:0", "--device") == torch.device("cpu:0")
+    cases = {
+        "foo": "--device: expected cpu, cuda or cuda:N, got 'foo'",
+        "": "--device: expected cpu, cuda or cuda:N, got ''",
+        "meta": "--device: expected a device that holds data",
+        "cuda:7": "--device: ",
+    }
+    for device, message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_device(device, "--device")
+
+
+def test_check_device_counts_the_cuda_devices(monkeypatch) -> None:
+    from convlstm.predict import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    message = "--device: this machine has 2 CUDA device(s) (cuda:0 to cuda:1), got 'cuda:7'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_device("cuda:7", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available on this machine, got 'cuda'"):
+        check_device("cuda", "--device")
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "foo", "meta", ""])
+def test_cli_predict_bad_device_is_not_blamed_on_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    np.save(tmp_path / "in.npy", np.zeros((3, 32, 32), np.float32))
+    argv = ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.npy")]
+    assert run_command([*argv, "--out", str(tmp_path / "o.npy"), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convlstm predict: error: --device: ") and err.count("\n") == 1, err
+    assert "checkpoint" not in err and repr(device) in err, err
+    assert not (tmp_path / "o.npy").exists()
+
+
+def test_cli_predict_output_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    np.save(tmp_path / "in.npy", np.zeros((3, 32, 32), np.float32))
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine")
+    argv = ["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.npy")]
+    assert run_command([*argv, "--out", str(blocker / "o.npy")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{blocker} is a file, not a folder" in err, err
+    assert blocker.read_text() == "mine"

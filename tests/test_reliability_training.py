@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -268,7 +269,7 @@ def test_ctrl_c_saves_and_a_second_one_aborts(tmp_path, capsys, monkeypatch, cou
     if count == 1:
         assert err == (
             f"convlstm train: interrupted by SIGINT at step 3; checkpoint saved to "
-            f"{out / 'last.pt'} (continue with --resume)"
+            f"{out / 'last.pt'}; continue with: convlstm train --out {out} --resume"
         )
         assert load_checkpoint(out / "last.pt")["step"] == 3
     else:
@@ -373,7 +374,7 @@ def test_an_output_folder_under_a_regular_file(tmp_path, capsys) -> None:
     blocker.write_text("mine")
     code, err = cli_train(capsys, blocker / "run")
     assert code == 1 and len(err.splitlines()) == 1
-    assert "Not a directory" in err and str(blocker) in err, err
+    assert f"{blocker} is a file, not a folder" in err and str(blocker / "run") in err, err
     assert blocker.read_text() == "mine"
 
 
@@ -418,26 +419,74 @@ def test_a_failed_metrics_append_does_not_corrupt_the_log(tmp_path, capsys, monk
     assert [row["epoch"] for row in rows] == [1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a crash while writing the first file of a run (config.yaml) leaves only its "
-    "hidden temporary file; then --overwrite refuses the folder as 'not a training run folder' "
-    "and --resume finds no config.yaml: it must be removed by hand (reported)",
-)
 def test_a_run_killed_while_writing_its_first_file_can_be_restarted(tmp_path, capsys) -> None:
+    # a crash while writing the first file of a run (config.yaml) leaves only its hidden
+    # temporary file: it counts as the run's, never as a stranger's folder
     out = tmp_path / "run"
     out.mkdir()
-    (out / ".config.yaml.1a2b3c4d.tmp").write_text("model:\n  name: mov")  # what SIGKILL left
+    leftover = out / ".config.yaml.1a2b3c4d.tmp"
+    leftover.write_text("model:\n  name: mov")  # what SIGKILL left
+    code, err = cli_train(capsys, out, "--resume")
+    assert code == 2 and "cannot resume" in err and "--overwrite" in err, err
     code, err = cli_train(capsys, out, "--overwrite")
     assert code == 0, err
+    assert not leftover.exists()
+    # the same command again, without --overwrite: a folder with nothing but leftovers is empty
+    shutil.rmtree(out)
+    out.mkdir()
+    leftover.write_text("model:")
+    (out / ".last.pt.0a1b2c3d.tmp").write_bytes(b"PK\x03\x04")
+    code, err = cli_train(capsys, out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt", "config.yaml", "last.pt", "metrics.jsonl"
+    ]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a SIGTERM/SIGINT handled after the last step of an epoch saves last.pt with "
-    "epoch_step == steps_per_epoch; the resumed run trains no step of that epoch and writes its "
-    "row with train_loss NaN (and seq_per_s 0), NaN being invalid JSON (reported)",
-)
+def test_a_folder_of_someone_else_is_still_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    (out / ".notes.txt.1a2b3c4d.tmp").write_text("an editor's")  # not a run file
+    code, err = cli_train(capsys, out, "--overwrite")
+    assert code == 2 and "does not look like a training run folder" in err, err
+    assert (out / "notes.txt").read_text() == "keep"
+
+
+def metric_rows(out: Path) -> list[dict]:
+    keys = ("epoch", "step", "train_loss", "val_mse_frame", "best_val_mse_frame", "lr")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: json.loads(line, parse_constant=reject)[k] for k in keys} for line in lines]
+
+
+def reject(constant: str):
+    raise AssertionError(f"{constant} in metrics.jsonl is not valid JSON")
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])  # mid-epoch 1, the end of epoch 1, mid-epoch 2
+def test_a_signal_keeps_the_training_loss_of_its_epoch(tmp_path, at) -> None:
+    # the checkpoint of an interruption carries the epoch's running loss, steps and time, so
+    # the resumed run's row equals the uninterrupted one's (it used to average the steps after
+    # the resume only, or, at the end of an epoch, write NaN and 0 sequences/s)
+    import signal
+
+    straight = tmp_path / "straight"
+    train(tiny(), straight)
+
+    def interrupt(step: int) -> None:
+        if step == at:
+            signal.raise_signal(signal.SIGTERM)
+
+    out = tmp_path / "run"
+    with pytest.raises(training.TrainingInterrupted):
+        train(tiny(), out, on_step=interrupt)
+    assert load_checkpoint(out / "last.pt")["trainer"]["epoch_steps"] == 2 - (at % 2)
+    train(tiny(), out, resume=True)
+    assert metric_rows(out) == metric_rows(straight)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["seq_per_s"] > 0 and math.isfinite(r["train_loss"]) for r in rows), rows
+
+
 def test_a_signal_at_the_end_of_an_epoch_keeps_its_training_loss(tmp_path) -> None:
     import signal
 
@@ -452,3 +501,57 @@ def test_a_signal_at_the_end_of_an_epoch_keeps_its_training_loss(tmp_path) -> No
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(math.isfinite(r["train_loss"]) for r in rows), rows
+
+
+def test_an_epoch_without_a_finite_loss_writes_null_not_nan(tmp_path, monkeypatch) -> None:
+    # every step skipped: no training loss; the row must stay strict JSON
+    real = training._Trainer._step
+
+    def step(self, inputs, targets):
+        real(self, inputs, targets)
+        return math.nan  # as a skipped step reports
+
+    monkeypatch.setattr(training._Trainer, "_step", step)
+    train(tiny("optim.epochs=1"), tmp_path / "run")
+    rows = [
+        json.loads(line, parse_constant=reject)
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert rows[0]["train_loss"] is None and rows[0]["val_mse_frame"] is not None
+
+
+def test_the_resume_hint_is_a_command_that_resumes(tmp_path, capsys, monkeypatch) -> None:
+    import shlex
+    import signal
+
+    out = tmp_path / "a run folder"  # a space: the command must quote it
+    real = training._Trainer._step
+
+    def step(self, inputs, targets):
+        value = real(self, inputs, targets)
+        if self.state.step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return value
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training._Trainer, "_step", step)
+        code, err = cli_train(capsys, out)
+    assert code == 143
+    command = shlex.split(err.split("continue with: ")[1])
+    assert command[:2] == ["convlstm", "train"] and "--out" in command, command
+    capsys.readouterr()
+    assert main(command[1:]) == 0
+    assert load_checkpoint(out / "last.pt")["step"] == 6
+
+
+def test_training_prints_a_start_header(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(tiny("run.progress=true", "run.max_minutes=30"), out)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("training moving_mnist (") and str(out) in header, header
+    for part in ("parameters)", "on cpu (fp32, 1 process)", "6 steps of 4 sequences",
+                 "(2 per epoch)", "time budget 30 min"):  # fmt: skip
+        assert part in header, (part, header)
+    train(tiny("run.progress=true", "optim.epochs=4"), out, resume=True)
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("; resuming at step 6 (epoch 4)") and "no time budget" in header

@@ -187,6 +187,46 @@ def test_validation_names_the_field(override: str, message: str) -> None:
         validate_config(config)
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", "1e999"])
+@pytest.mark.parametrize(
+    "field",
+    ["optim.lr", "optim.weight_decay", "optim.grad_clip", "run.dist_timeout_s", "run.max_minutes"],
+)
+def test_non_finite_numbers_are_refused(field: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{field} must be a finite number, got"):
+        validate_config(tiny(f"{field}={value}"))
+    section, key = field.split(".")
+    with pytest.raises(ConfigError, match=rf"{field} must be a finite number, got inf"):
+        config_from_dict({section: {key: math.inf}})
+
+
+def test_non_finite_numbers_in_files_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlr = inf\n")  # TOML has inf and nan literals
+    with pytest.raises(ConfigError, match=r"optim.lr must be a finite number, got inf"):
+        load_config(path)
+    config = Config()
+    config.run.dist_timeout_s = math.nan
+    with pytest.raises(ConfigError, match=r"run.dist_timeout_s must be a finite number, got nan"):
+        validate_config(config)
+
+
+def test_validation_does_not_allocate_the_model(monkeypatch) -> None:
+    from convlstm import config as config_module
+
+    devices = []
+
+    def spy(*args, **kwargs):
+        devices.append(torch.empty(0).device.type)  # where the constructor's tensors would go
+        return EncoderForecaster(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, "EncoderForecaster", spy)
+    validate_config(tiny("model.hidden_channels=[512, 512]", "model.kernel_size=5"))
+    assert devices == ["meta"]
+    with pytest.raises(ConfigError, match=r"model.hidden_channels\[0\] must be greater"):
+        validate_config(tiny("model.hidden_channels=[0]"))  # the checks still run
+
+
 def test_frames_the_model_cannot_take_are_rejected() -> None:
     with pytest.raises(ConfigError, match=r"model.patch_size=4 must divide the frame size 30x30"):
         build_datasets(validate_config(tiny("data.options.size=30")))

@@ -20,13 +20,56 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_dir", "atomic_file", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_dir",
+    "atomic_file",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_parent",
+    "is_temporary",
+]
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.(?:tmp|old)")
+
+
+def is_temporary(path: str | os.PathLike[str], name: str | None = None) -> bool:
+    """Whether ``path`` is a hidden temporary sibling written by this module (what a crash
+    leaves behind), optionally one for the target ``name``.
+
+    >>> is_temporary("run/.config.yaml.1a2b3c4d.tmp", "config.yaml"), is_temporary("a.tmp")
+    (True, False)
+    """
+    match = _TEMPORARY.fullmatch(Path(path).name)
+    return match is not None and (name is None or match["name"] == name)
+
+
+def check_parent(path: str | os.PathLike[str]) -> None:
+    """Raise ``NotADirectoryError`` naming ``path`` and the culprit if one of its parent folders
+    exists as something other than a folder (such as a regular file), so that ``path`` cannot be
+    created; missing parents are fine (they are created).
+
+    >>> import tempfile, pathlib
+    >>> blocker = pathlib.Path(tempfile.mkdtemp()) / "file.txt"
+    >>> _ = blocker.write_text("x")
+    >>> check_parent(blocker / "out.npy")
+    Traceback (most recent call last):
+    ...
+    NotADirectoryError: cannot write .../file.txt/out.npy: .../file.txt is a file, not a folder
+    """
+    path = Path(path)
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                kind = "a file" if parent.is_file() else "something else"
+                raise NotADirectoryError(f"cannot write {path}: {parent} is {kind}, not a folder")
+            return
 
 
 def _sibling(path: Path, tag: str) -> Path:
@@ -46,6 +89,7 @@ def _check_target(path: Path, overwrite: bool) -> Path:
         resolved = path.resolve()
         if resolved == cwd or resolved in cwd.parents:
             raise ValueError(f"refusing to replace {path}: it contains the current directory")
+    check_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -24,6 +24,8 @@ trainer            the trainer's bookkeeping (planned steps, skipped steps, ...)
 
 Files are written with a temporary file in the same folder, flushed and fsync'ed, then renamed
 over the target (:func:`convlstm._atomic.atomic_file`), so a crash leaves the previous file.
+Reading checks the CRC-32 of every record of the archive (:func:`verify_archive`: a flipped
+bit is an error, not silently wrong weights) and refuses anything but tensors and plain values.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import pickle
 import random
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,7 @@ __all__ = [
     "make_checkpoint",
     "restore_rng",
     "save_checkpoint",
+    "verify_archive",
 ]
 
 FORMAT = "convlstm.checkpoint"
@@ -114,18 +118,30 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        verify_archive(path)
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        ValueError,
-    ) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable (truncated or corrupt?): {_first_line(error)}"
+            ) from None
+        detail = _refused_detail(error)
+        if "global" in detail.lower():  # a class or function: what a code-running pickle uses
+            raise CheckpointError(
+                f"checkpoint {path} is refused: it holds objects other than tensors and plain "
+                f"data ({detail}), which could run code when loaded; only checkpoints written "
+                "by convlstm are accepted"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} is unreadable (truncated or corrupt?): {reason}"
+            f"checkpoint {path} is unreadable (truncated or corrupt?) or not written by "
+            f"convlstm: the safe loader, which accepts only tensors and plain data, stopped at "
+            f"{detail}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt?): {_first_line(error)}"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a convlstm checkpoint (no format={FORMAT!r} entry)")
@@ -139,6 +155,62 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the entries {', '.join(missing)}")
     return checkpoint
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _refused_detail(error: BaseException) -> str:
+    """What torch's weights-only unpickler refused (``unsupported GLOBAL posix.mkdir``, ...),
+    without its advice to load the file unsafely."""
+    for line in str(error).splitlines():
+        line = line.strip().rstrip(".")
+        if line.lower().startswith(("trying to load unsupported", "unsupported")):
+            line = line.removeprefix("Trying to load ").replace(" whose module", ", module")
+            return line[:1].lower() + line[1:]
+    return "rejected by the weights-only unpickler"
+
+
+_CRC_CHUNK = 1 << 20
+
+
+def verify_archive(path: str | os.PathLike[str]) -> None:
+    """Check the CRC-32 of every record of a zip-format checkpoint (what :func:`torch.save`
+    writes), reading it in 1 MiB chunks; files in torch's legacy format are left to the loader.
+
+    ``torch.load`` does not check these checksums, so without this a flipped bit in the weights
+    would load as if healthy.
+
+    Raises:
+        CheckpointError: naming the file and the first damaged record.
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return  # not a zip archive: the legacy format (or garbage, which torch.load refuses)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                try:
+                    with archive.open(info) as record:
+                        while record.read(_CRC_CHUNK):
+                            pass
+                except zipfile.BadZipFile as error:  # a CRC mismatch or a damaged header
+                    raise CheckpointError(
+                        f"checkpoint {path} is corrupt: record {info.filename} fails its "
+                        f"checksum ({_first_line(error)})"
+                    ) from None
+                except (OSError, EOFError, ValueError, zlib.error) as error:
+                    raise CheckpointError(
+                        f"checkpoint {path} is corrupt: record {info.filename} cannot be read "
+                        f"({_first_line(error)})"
+                    ) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as error:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (truncated or corrupt?): {_first_line(error)}"
+        ) from None
 
 
 def load_state_checked(module: nn.Module, state: dict[str, Any], source: str) -> None:

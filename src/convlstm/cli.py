@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -77,7 +78,12 @@ def resolve_config(
         assert out is not None
         saved = out / "config.yaml"
         if not saved.is_file():
-            raise UsageError(f"cannot resume: {saved} does not exist")
+            hint = (
+                " (the run saved nothing yet; start it again with --overwrite)"
+                if out.is_dir()
+                else ""
+            )
+            raise UsageError(f"cannot resume: {saved} does not exist{hint}")
         return load_config(saved, overrides)
     return load_config(_config_path(DEFAULT_CONFIG), overrides)
 
@@ -168,6 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     prefix = "convlstm train"
     rank = os.environ.get("RANK", "0")
+    world = os.environ.get("WORLD_SIZE", "1")
     if rank != "0":
         prefix += f" [rank {rank}]"
     try:
@@ -182,8 +189,38 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except (CheckpointError, NonFiniteLossError, OSError, RuntimeError, ValueError) as error:
-        print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
+        message = _one_line(error)
+        if world != "1" and _collective_failure(error, message):
+            message = (
+                f"rank {rank} of {world} lost contact with the other processes of the run "
+                f"({_gloo_free(message)}); another rank probably died or hung, see its own error"
+            )
+        print(f"{prefix}: error: {message}", file=sys.stderr)
         return 1
+
+
+# "[/path/to/gloo/transport/tcp/pair.cc:537] " at the start of gloo's and NCCL's messages
+_SOURCE_LOCATION = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
+
+
+def _collective_failure(error: BaseException, message: str) -> bool:
+    """Whether ``error`` is a failed collective under ``torchrun`` (a lost peer, a timeout)."""
+    import torch.distributed as dist
+
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    return bool(_SOURCE_LOCATION.match(message)) or "NCCL" in message
+
+
+def _gloo_free(message: str) -> str:
+    """``message`` without the C++ source location and the boilerplate after its first sentence.
+
+    >>> _gloo_free("[a/pair.cc:537] Read error [127.0.0.1]:1: Connection reset by peer. This is "
+    ...            "typically caused by a remote worker hanging")
+    'Read error [127.0.0.1]:1: Connection reset by peer'
+    """
+    message = _SOURCE_LOCATION.sub("", message)
+    return message.split(". ")[0].rstrip(".")
 
 
 def _one_line(error: BaseException) -> str:

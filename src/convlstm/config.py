@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 import types
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from convlstm._atomic import atomic_write_text
@@ -190,12 +192,18 @@ def _type_name(hint: Any) -> str:
     return str(hint).replace("NoneType", "None").replace("typing.", "")
 
 
+def _takes_float(hint: Any) -> bool:
+    return hint is float or float in typing.get_args(hint)
+
+
 def _check_type(value: Any, hint: Any, name: str) -> Any:
     """``value`` if it has type ``hint`` (ints are accepted, as floats, where floats are), else
     raise :class:`ConfigError` naming ``name``."""
     origin = typing.get_origin(hint)
     if hint is Any:
         return value
+    if isinstance(value, float) and not math.isfinite(value) and _takes_float(hint):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if origin in (types.UnionType, typing.Union):
         for member in typing.get_args(hint):
             try:
@@ -239,9 +247,18 @@ def _parse_text(text: str, hint: Any, name: str) -> Any:
     except ConfigError:
         pass
     try:
-        return _check_type(float(stripped), hint, name)
-    except (ValueError, ConfigError):
-        pass
+        number = float(stripped)
+    except ValueError:
+        number = None
+    if isinstance(value, float) and not math.isfinite(value):
+        number = value  # YAML's .inf / .nan
+    if number is not None:
+        if not math.isfinite(number) and _takes_float(hint):
+            raise ConfigError(f"{name} must be a finite number, got {stripped!r}")
+        try:
+            return _check_type(number, hint, name)
+        except ConfigError:
+            pass
     return _check_type(text, hint, name)
 
 
@@ -430,7 +447,8 @@ def validate_config(config: Config) -> Config:
         )
     options = model_config(config.model.name, **config.model.options)
     try:
-        EncoderForecaster(**options)
+        with torch.device("meta"):  # the constructor's checks, without allocating the weights
+            EncoderForecaster(**options)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"model.{error}") from None
     config.model.options = options

@@ -77,7 +77,27 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             raise RuntimeError(f"run.device={device!r} but CUDA is not available here")
         if resolved.index is None:
             resolved = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(
+                f"run.device={device!r} (local rank {local_rank}): this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}"
+            )
     return resolved
+
+
+def _env_int(name: str, default: int) -> int:
+    """The whole number in environment variable ``name`` (set by ``torchrun``)."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise RuntimeError(f"{name} must be a whole number >= 0 (torchrun sets it), got {text!r}")
+    return value
 
 
 def init_distributed(device: str, timeout_s: float) -> DistContext:
@@ -87,9 +107,11 @@ def init_distributed(device: str, timeout_s: float) -> DistContext:
         device: the configured device (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
         timeout_s: timeout of every collective, in seconds.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f"RANK={rank} must be in [0, WORLD_SIZE={world_size})")
     resolved = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         if resolved.type == "cuda":

@@ -31,16 +31,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 import convlstm
+from convlstm._atomic import check_parent
 from convlstm._checks import check_positive
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
 from convlstm.models import EncoderForecaster
 from convlstm.predict import (
     CliError,
+    check_device,
     check_targets,
+    cli_device,
     default_device,
     inference,
     model_device,
+    non_negative_int,
+    positive_float,
     positive_int,
     run_cli,
 )
@@ -58,6 +63,7 @@ __all__ = [
     "parse_numbers",
     "resolve_dataset",
     "sample_indices",
+    "value_units",
 ]
 
 Forecaster = Callable[[Tensor, int], Tensor]
@@ -367,6 +373,28 @@ def check_fit(model: EncoderForecaster, dataset: Dataset, source: str) -> tuple[
     return tuple(inputs.shape[1:])
 
 
+# what the values of radar data are in, by transform (convlstm.data.transforms)
+_UNITS = {
+    "log_rain": "log10(R + 0.01) of the rain rate R in mm/h (transform 'log'), not mm/h",
+    "rain_to_dbz": "reflectivity in dBZ, from the rain rate in mm/h with Z = 200 R^1.6 "
+    "(transform 'dbz'), not mm/h",
+}
+
+
+def value_units(dataset: Dataset) -> str | None:
+    """What the values of ``dataset`` measure, for radar data and transformed arrays (the report
+    states it: errors and event thresholds are in these units); ``None`` when unknown."""
+    from convlstm.data.radar import SyntheticRadar
+
+    transform = getattr(dataset, "transform", None)
+    if transform is not None:
+        name = getattr(transform, "__name__", type(transform).__name__)
+        return _UNITS.get(name, f"the output of the transform {name}")
+    if isinstance(dataset, SyntheticRadar):
+        return "rain rate in mm/h"
+    return None
+
+
 def _value_settings(
     model: EncoderForecaster, dataset: Dataset, data_range: float | None
 ) -> tuple[float, tuple[float, float] | None]:
@@ -420,7 +448,9 @@ def evaluate_checkpoint(
 
     if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
+    check_parent(out_dir)  # before any work
     device = default_device(device)
+    check_device(device, "device")
     model, config = load_model(checkpoint, map_location=device)
     dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
     check_fit(model, dataset, str(data))
@@ -438,6 +468,9 @@ def evaluate_checkpoint(
         clip=clip,
     )
     results["dataset"]["name"] = str(data)
+    units = value_units(dataset)
+    if units is not None:
+        results["dataset"]["units"] = units
     results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
     count = results["dataset"]["num_sequences"]
     samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
@@ -474,11 +507,12 @@ def _evaluate_command(args: argparse.Namespace) -> None:
             f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
         )
     check_targets([args.out], args.overwrite)
+    device = cli_device(args.device)
     results = evaluate_checkpoint(
         args.checkpoint,
         args.data,
         args.out,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
         num_samples=args.num_samples,
         overwrite=args.overwrite,
@@ -529,9 +563,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--baselines", default="persistence,zeros", help="comma-separated baseline names"
     )
     parser.add_argument(
-        "--gifs", type=int, default=3, help="sequences to animate (default 3, 0: none)"
+        "--gifs", type=non_negative_int, default=3, help="sequences to animate (default 3, 0: none)"
     )
-    parser.add_argument("--data-range", type=float, help="SSIM/PSNR data range (unbounded data)")
+    parser.add_argument(
+        "--data-range", type=positive_float, help="SSIM/PSNR data range (unbounded data)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     parser.set_defaults(handler=lambda args: run_cli("convlstm evaluate", _evaluate_command, args))
     return parser

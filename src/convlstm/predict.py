@@ -35,8 +35,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
+import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +49,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from convlstm._atomic import atomic_dir, atomic_file, atomic_write_bytes
+from convlstm._atomic import atomic_dir, atomic_file, atomic_write_bytes, check_parent
 from convlstm._checks import check_choice, check_positive
+from convlstm.data._io import open_npy, open_npz
 from convlstm.viz import frame_png, sequence_gif
 
 __all__ = [
@@ -56,7 +60,9 @@ __all__ = [
     "CliError",
     "Frames",
     "add_parser",
+    "check_device",
     "check_targets",
+    "cli_device",
     "default_device",
     "forecast_frames",
     "from_model_range",
@@ -64,6 +70,8 @@ __all__ = [
     "inference",
     "load_frames",
     "model_device",
+    "non_negative_int",
+    "positive_float",
     "positive_int",
     "predict",
     "run_cli",
@@ -276,21 +284,37 @@ class Frames:
 
 
 def _read_array(path: Path) -> np.ndarray:
-    """The frames array of a ``.npy`` or ``.npz`` file."""
+    """The frames array of a ``.npy`` or ``.npz`` file, through the validated readers of
+    :mod:`convlstm.data._io`: headers are checked (dtype, no negative dimensions, the data the
+    shape claims is present) before anything is allocated, and nothing is unpickled."""
+    where = "--input"
     if path.suffix == ".npy":
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    with np.load(path, allow_pickle=False) as archive:
-        names = list(archive.files)
-        name = (
-            names[0]
-            if len(names) == 1
-            else next((n for n in ("frames", "inputs") if n in names), None)
+        return open_npy(path, where)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"not a readable .npz archive ({error})") from None
+    name = (
+        names[0]
+        if len(names) == 1
+        else next((n for n in ("frames", "inputs") if n in names), None)
+    )
+    if name is None:
+        raise ValueError(
+            f"holds arrays {names}; expected one array, or one named 'frames' or 'inputs'"
         )
-        if name is None:
-            raise ValueError(
-                f"{path}: holds arrays {names}; expected one array, or one named 'frames' or 'inputs'"
-            )
-        return archive[name]
+    return open_npz(path, name, where)
+
+
+def _reason(error: BaseException, path: Path) -> str:
+    """``error``'s message without the ``--input '<path>'`` label of the data readers."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    label = f"--input '{path}'"
+    if text.startswith(label):
+        text = re.sub(r"^\[('[^']*')\]", r"array \1", text[len(label) :])
+        text = text.removeprefix(":").strip()
+    return text
 
 
 def _read_images(folder: Path, channels: int) -> np.ndarray:
@@ -304,8 +328,12 @@ def _read_images(folder: Path, channels: int) -> np.ndarray:
         raise ValueError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     frames: list[np.ndarray] = []
     for file in files:
-        with Image.open(file) as image:
-            pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        try:
+            with Image.open(file) as image:
+                pixels = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise ValueError(f"{file}: cannot read it as an image ({reason})") from None
         if frames and pixels.shape != frames[0].shape:
             raise ValueError(
                 f"{file}: image size {pixels.shape[1]}x{pixels.shape[0]} differs from "
@@ -332,8 +360,10 @@ def load_frames(path: str | os.PathLike[str], channels: int, layout: str | None 
         raise ValueError(f"{path}: expected a .npy or .npz file or a folder of images")
     try:
         array = _read_array(path)
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path}: cannot read it as {path.suffix} ({error})") from None
+    except (OSError, ValueError, TypeError, EOFError, MemoryError, OverflowError) as error:
+        raise ValueError(
+            f"{path}: cannot read it as {path.suffix} ({_reason(error, path)})"
+        ) from None
     try:
         layout = infer_layout(tuple(array.shape), channels, layout)
         to_model_range(array[:0])  # checks the dtype
@@ -409,7 +439,62 @@ def run_cli(prog: str, body: Callable[[argparse.Namespace], None], args: argpars
 
 def default_device(device: str | None) -> str:
     """``device``, or CUDA when available, else CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` after checking that this machine has it; a
+    ``ValueError`` naming ``name`` (such as ``--device``) otherwise, before anything is loaded.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    >>> check_device("tpu", "--device")
+    Traceback (most recent call last):
+    ...
+    ValueError: --device: expected cpu, cuda or cuda:N, got 'tpu'
+    """
+    text = str(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name}: expected cpu, cuda or cuda:N, got {text!r}") from None
+    if resolved.type == "meta":
+        raise ValueError(
+            f"{name}: expected a device that holds data (cpu, cuda, cuda:N), got 'meta'"
+        )
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}: CUDA is not available on this machine, got {text!r} (use cpu)"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"{name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1}), "
+                f"got {text!r}"
+            )
+        return resolved
+    try:
+        torch.empty(0, device=resolved)
+    except Exception as error:  # a probe: backends fail in many ways (missing modules, ...)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = reason.split(". ")[0][:160]
+        raise ValueError(
+            f"{name}: device {text!r} is not available on this machine ({reason})"
+        ) from None
+    return resolved
+
+
+def cli_device(device: str | None) -> str:
+    """``--device`` checked (exit status 2 naming the option), or the default device."""
+    chosen = default_device(device)
+    try:
+        check_device(chosen, "--device")
+    except ValueError as error:
+        raise CliError(str(error), 2) from None
+    return chosen
 
 
 def check_targets(paths: Sequence[str | None], overwrite: bool) -> None:
@@ -430,6 +515,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0 (counts where 0 means none)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
 def _write_pngs(folder: str, forecast: np.ndarray, vmax: float, overwrite: bool) -> None:
     """``sequence_NNNN_lead_KK.png`` per forecast frame (model range), as a folder written
     atomically."""
@@ -444,7 +551,10 @@ def _predict_command(args: argparse.Namespace) -> None:
     from convlstm.checkpoint import load_model
 
     check_targets([args.out, args.png, args.gif], args.overwrite)
-    device = default_device(args.device)
+    for target in (args.out, args.png, args.gif):
+        if target is not None:
+            check_parent(target)  # before any work
+    device = cli_device(args.device)
     model, config = load_model(args.checkpoint, map_location=device)
     frames = load_frames(args.input, model.in_channels, args.layout)
     try:

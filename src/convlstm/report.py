@@ -171,11 +171,21 @@ def _conventions(results: Mapping[str, Any]) -> list[str]:
 
 def _dataset_line(results: Mapping[str, Any]) -> str:
     d = results.get("dataset", {})
-    return ", ".join(f"{key} = {value}" for key, value in d.items())
+    return ", ".join(f"{key} = {value}" for key, value in d.items() if key != "units")
+
+
+def _units_line(results: Mapping[str, Any]) -> str | None:
+    """Which units the values, errors and event thresholds are in, when the results say."""
+    units = results.get("dataset", {}).get("units")
+    if not units:
+        return None
+    return f"Values are {units}: the errors and event thresholds below are in these units."
 
 
 def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str:
     lines = ["# Evaluation report", "", f"Dataset: {_dataset_line(results)}.", ""]
+    if units := _units_line(results):
+        lines += [units, ""]
     for title, header, rows, best in _tables(results):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row, marks in zip(rows, best, strict=True):
@@ -205,6 +215,8 @@ def _html(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str
         "<h1>Evaluation report</h1>",
         f"<p>Dataset: {e(_dataset_line(results))}.</p>",
     ]
+    if units := _units_line(results):
+        out.append(f"<p><strong>{e(units)}</strong></p>")
     for title, header, rows, best in _tables(results):
         out += [f"<h2>{e(title)}</h2>", "<table><thead><tr>"]
         out += [f"<th>{e(h)}</th>" for h in header] + ["</tr></thead><tbody>"]

@@ -6,14 +6,18 @@ Run folder written by :func:`train` (only rank 0 writes)::
 
     config.yaml      the resolved configuration (every field explicit)
     metrics.jsonl    one JSON object per epoch: losses, learning rate, throughput, timings
+                     (strict JSON: an undefined value, such as the loss of an epoch whose
+                     steps were all skipped, is null)
     last.pt          checkpoint at the end of the latest epoch (or at an interruption)
     best.pt          checkpoint with the lowest validation loss so far
     tensorboard/     TensorBoard scalars, when the ``tensorboard`` package is installed
 
 Reproducibility: the model is initialised from ``run.seed``; each epoch's data (fresh sequences
 for generated datasets, an order for fixed ones) is a function of ``(run.seed, epoch)``; a
-checkpoint stores the optimiser, schedule, RNG states and the exact step, so a resumed run ends
-with the same weights as an uninterrupted one (bitwise on CPU).
+checkpoint stores the optimiser, schedule, RNG states, the exact step and the running sums of the
+epoch in progress, so a resumed run ends with the same weights as an uninterrupted one (bitwise on
+CPU) and logs the same metrics rows. Hidden temporary files that a crash leaves while writing the
+run's files (``.last.pt.1a2b3c4d.tmp``) count as the run's and are removed when it (re)starts.
 
 The validation loss is the MSE per frame (squared error summed over a frame's pixels, averaged
 over frames and sequences), the Moving MNIST literature's metric.
@@ -25,14 +29,15 @@ import contextlib
 import json
 import math
 import random
+import shlex
 import shutil
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -42,8 +47,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from convlstm._atomic import atomic_write_text
+from convlstm._atomic import atomic_write_text, check_parent, is_temporary
 from convlstm.checkpoint import (
+    CheckpointError,
     capture_rng,
     load_checkpoint,
     load_state_checked,
@@ -62,6 +68,7 @@ __all__ = [
     "build_datasets",
     "lr_factor",
     "resolve_precision",
+    "resume_command",
     "train",
 ]
 
@@ -78,18 +85,33 @@ _SPLITS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 class TrainingInterrupted(Exception):
     """SIGINT or SIGTERM stopped training after a checkpoint was saved.
 
-    ``exit_code`` is ``128 + signal`` (130 for SIGINT, 143 for SIGTERM).
+    ``exit_code`` is ``128 + signal`` (130 for SIGINT, 143 for SIGTERM); ``resume_command`` is
+    the command line that continues the run (printed in the message).
     """
 
-    def __init__(self, signum: int, checkpoint: Path, step: int) -> None:
+    def __init__(self, signum: int, checkpoint: Path, step: int, world_size: int = 1) -> None:
         name = signal.Signals(signum).name
+        self.resume_command = resume_command(checkpoint.parent, world_size)
         super().__init__(
-            f"interrupted by {name} at step {step}; checkpoint saved to {checkpoint} "
-            "(continue with --resume)"
+            f"interrupted by {name} at step {step}; checkpoint saved to {checkpoint}; "
+            f"continue with: {self.resume_command}"
         )
         self.signum = signum
         self.checkpoint = checkpoint
         self.exit_code = 128 + signum
+
+
+def resume_command(out_dir: str | Path, world_size: int = 1) -> str:
+    """The shell command that continues the run in ``out_dir`` (under ``torchrun`` with as many
+    processes when ``world_size`` > 1).
+
+    >>> resume_command("runs/my run")
+    "convlstm train --out 'runs/my run' --resume"
+    """
+    program = (
+        f"torchrun --nproc_per_node={world_size} -m convlstm.cli" if world_size > 1 else "convlstm"
+    )
+    return f"{program} train --out {shlex.quote(str(out_dir))} --resume"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,6 +146,11 @@ class _State:
     bad_epochs: int = 0
     skipped: int = 0
     elapsed_s: float = 0.0
+    # the epoch in progress, so that a run resumed in its middle logs the same row
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    epoch_steps: int = 0
+    epoch_seconds: float = 0.0
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -306,20 +333,44 @@ def _batches(
 # ----------------------------------------------------------------------------- output folder
 
 
+def _leftovers(out_dir: Path) -> list[Path]:
+    """Hidden temporary files and folders that a crash during one of the run's atomic writes
+    left in ``out_dir`` (``.last.pt.1a2b3c4d.tmp``, ``.report.1a2b3c4d.tmp``, ...)."""
+    if not out_dir.is_dir():
+        return []
+    names = (*_RUN_MARKERS, "report")
+    return [
+        entry
+        for entry in out_dir.iterdir()
+        if any(is_temporary(entry, name) for name in names)
+    ]
+
+
 def _check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to clobber an existing run unless asked; read-only (every rank runs it)."""
+    """Refuse to clobber an existing run unless asked; read-only (every rank runs it).
+
+    Temporary files that a crash left behind while writing the run's files count as the run's
+    (a folder that holds nothing else is treated as empty; they are removed when it starts)."""
+    check_parent(out_dir)
     if resume:
         if not (out_dir / "last.pt").is_file():
-            raise FileNotFoundError(f"cannot resume: {out_dir / 'last.pt'} does not exist")
+            raise FileNotFoundError(
+                f"cannot resume: {out_dir / 'last.pt'} does not exist (the run saved no "
+                "checkpoint yet; start it again with --overwrite)"
+            )
         return
-    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+    leftovers = _leftovers(out_dir)
+    if not out_dir.exists() or (
+        out_dir.is_dir() and all(entry in leftovers for entry in out_dir.iterdir())
+    ):
         return
     if not overwrite:
         raise FileExistsError(
             f"output directory {out_dir} already exists; pass --resume to continue that run or "
             "--overwrite to replace it"
         )
-    if not out_dir.is_dir() or not any((out_dir / name).exists() for name in _RUN_MARKERS):
+    marked = leftovers or any((out_dir / name).exists() for name in _RUN_MARKERS)
+    if not out_dir.is_dir() or not marked:
         raise FileExistsError(
             f"refusing to overwrite {out_dir}: it does not look like a training run folder "
             f"(none of {', '.join(_RUN_MARKERS)} in it)"
@@ -349,8 +400,8 @@ class _Signals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
         try:
             yield self
         finally:
@@ -401,7 +452,7 @@ class _Trainer:
         self.model: EncoderForecaster = create_model(config.model.name, **config.model.options)
         self.model.to(self.device)
         if config.run.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
         )
@@ -420,19 +471,46 @@ class _Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = DistributedDataParallel(self.model, device_ids=ids)
-        self.module = torch.compile(module) if config.run.compile else module
+        self.module: nn.Module = (
+            cast(nn.Module, torch.compile(module)) if config.run.compile else module
+        )
         self.tensorboard: Any = None
         self.val_seconds: float | None = None
+
+    def header(self, resume: bool) -> str:
+        """One line saying what this run will do (printed by rank 0 at the start)."""
+        config, state = self.config, self.state
+        parameters = sum(p.numel() for p in self.model.parameters())
+        budget = config.run.max_minutes
+        line = (
+            f"training {config.model.name} ({parameters:,} parameters) on {self.device} "
+            f"({self.precision}, {self.ctx.world_size} process"
+            f"{'es' if self.ctx.world_size > 1 else ''}) into {self.out_dir}: "
+            f"{self.configured_steps} steps of {config.optim.batch_size} sequences "
+            f"({self.steps_per_epoch} per epoch), "
+            + (f"time budget {budget:g} min" if budget is not None else "no time budget")
+        )
+        if resume:
+            line += f"; resuming at step {state.step} (epoch {state.epoch + 1})"
+        return line
 
     # -- checkpoints
 
     def _load(self, path: Path) -> None:
         checkpoint = load_checkpoint(path, map_location="cpu")
         load_state_checked(self.model, checkpoint["model_state"], f"checkpoint {path}")
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.state = _State(**checkpoint["trainer"])
-        self.rng = checkpoint["rng"]
+        known = {f.name for f in fields(_State)}
+        try:
+            self.optimizer.load_state_dict(checkpoint["optimizer"])
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+            trainer = checkpoint["trainer"]
+            self.state = _State(**{k: v for k, v in trainer.items() if k in known})
+            self.rng = checkpoint["rng"]
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise CheckpointError(
+                f"checkpoint {path} cannot continue a training run (a weights-only export, or "
+                f"damaged training state): {type(error).__name__} {error}"
+            ) from None
         # The configured length applies (epochs may have been raised); a time budget re-plans it.
         self.state.total_steps = self.schedule.total = self.configured_steps
 
@@ -469,7 +547,7 @@ class _Trainer:
         return build_datasets(self.config, epoch)[0]  # fresh sequences every epoch
 
     def _indices(self, dataset: Dataset[Any], epoch: int) -> list[int]:
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[int] = DistributedSampler(
             dataset,
             num_replicas=self.ctx.world_size,
             rank=self.ctx.rank,
@@ -508,14 +586,14 @@ class _Trainer:
                 disable=not (self.ctx.is_main and config.run.progress),
                 leave=False,
             )
-            epoch_start = time.perf_counter()
-            loss_sum, loss_count, steps_done = 0.0, 0, 0
+            # the epoch's running sums start from the checkpoint's (zero at an epoch's start)
+            epoch_start = time.perf_counter() - state.epoch_seconds
             for inputs, targets in loader:
                 if state.step >= state.total_steps:
                     break
                 tick = time.perf_counter()
                 loss = self._step(inputs, targets)
-                steps_done += 1
+                state.epoch_steps += 1
                 if self.on_step is not None:
                     self.on_step(state.step)
                 elapsed = base_elapsed + time.perf_counter() - started
@@ -531,8 +609,9 @@ class _Trainer:
                 )
                 loss = float(flags[0]) / self.ctx.world_size
                 if not math.isnan(loss):  # NaN: a skipped step
-                    loss_sum += loss
-                    loss_count += 1
+                    state.epoch_loss_sum += loss
+                    state.epoch_loss_count += 1
+                state.epoch_seconds = time.perf_counter() - epoch_start
                 step_seconds = time.perf_counter() - tick
                 if state.step > 2:  # the first steps include warm-up costs
                     timed_steps += 1
@@ -548,20 +627,21 @@ class _Trainer:
                     signum = signals.received or signal.SIGTERM
                     path = self._save("last.pt")
                     self.ctx.barrier()
-                    raise TrainingInterrupted(signum, path, state.step)
+                    raise TrainingInterrupted(signum, path, state.step, self.ctx.world_size)
                 if flags[2] > 0:
                     stop_reason = "time_budget"
                     break
             bar.close()
             epoch_seconds = time.perf_counter() - epoch_start
+            train_loss = (
+                state.epoch_loss_sum / state.epoch_loss_count if state.epoch_loss_count else None
+            )
+            steps_done = state.epoch_steps
             state.epoch += 1
             state.epoch_step = 0
-            stop_reason = self._end_epoch(
-                loss_sum / loss_count if loss_count else math.nan,
-                steps_done,
-                epoch_seconds,
-                stop_reason,
-            )
+            state.epoch_loss_sum, state.epoch_loss_count = 0.0, 0
+            state.epoch_steps, state.epoch_seconds = 0, 0.0
+            stop_reason = self._end_epoch(train_loss, steps_done, epoch_seconds, stop_reason)
             if timed_steps:
                 self._plan(timed_seconds / timed_steps, state.elapsed_s)
         if stop_reason == "completed" and state.total_steps < self.configured_steps:
@@ -674,7 +754,9 @@ class _Trainer:
         total = self.ctx.all_reduce(total)
         return float(total[0] / total[1]) if total[1] else math.nan
 
-    def _end_epoch(self, train_loss: float, steps: int, seconds: float, reason: str) -> str:
+    def _end_epoch(
+        self, train_loss: float | None, steps: int, seconds: float, reason: str
+    ) -> str:
         state, config = self.state, self.config
         tick = time.perf_counter()
         val = self.validate()
@@ -705,10 +787,11 @@ class _Trainer:
             "skipped": state.skipped,
             "total_steps": state.total_steps,
         }
+        row = {key: _finite_or_none(value) for key, value in row.items()}  # strict JSON
         if self.ctx.is_main:
             # The row goes first: a resumed run drops rows past its checkpoint's epoch.
             with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as log:
-                log.write(json.dumps(row) + "\n")
+                log.write(json.dumps(row, allow_nan=False) + "\n")
             if improved:
                 self._save("best.pt")
             self._save("last.pt")
@@ -720,18 +803,29 @@ class _Trainer:
             if config.run.progress:
                 tqdm.write(
                     f"epoch {state.epoch}: step {state.step}/{state.total_steps} train loss "
-                    f"{train_loss:.5g}, val MSE/frame {val:.2f} (best {state.best_metric:.2f}), "
-                    f"{row['seq_per_s'] or 0:.1f} seq/s"
+                    f"{_fmt(train_loss, '.5g')}, val MSE/frame {_fmt(val, '.2f')} (best "
+                    f"{_fmt(state.best_metric, '.2f')}), {row['seq_per_s'] or 0:.1f} seq/s"
                 )
         self.ctx.barrier()
         return reason
 
 
+def _finite_or_none(value: Any) -> Any:
+    """``None`` for NaN and infinities (invalid in JSON), other values as they are."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else format(value, spec)
+
+
 def _tidy(out_dir: Path, epoch: int) -> None:
     """Remove temporary files of interrupted writes, and the metrics rows (and any partial line)
     past ``epoch``, the epoch of the checkpoint a run resumes from."""
-    for name in _RUN_MARKERS:
-        for stale in out_dir.glob(f".{name}.*.tmp"):
+    for stale in _leftovers(out_dir):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
             stale.unlink(missing_ok=True)
     log = out_dir / METRICS_FILE
     if not log.exists():
@@ -808,6 +902,14 @@ def train(
     threads = torch.get_num_threads()
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
+
+    def close() -> None:
+        if trainer is not None and trainer.tensorboard is not None:
+            trainer.tensorboard.close()
+            trainer.tensorboard = None
+        torch.set_num_threads(threads)
+        ctx.close()
+
     try:
         trainer = _Trainer(config, out_dir, ctx, resume, on_step)
         ctx.barrier()
@@ -818,11 +920,15 @@ def train(
             _tidy(out_dir, trainer.state.epoch if resume else 0)
             save_config(config, out_dir / CONFIG_FILE, overwrite=True)
             trainer.tensorboard = _tensorboard(out_dir)
+            if config.run.progress:
+                tqdm.write(trainer.header(resume))
         ctx.barrier()
         with _Signals().installed() as signals:
-            return trainer.run(signals)
+            try:
+                return trainer.run(signals)
+            finally:
+                # still under the handlers: under torchrun, the SIGTERM that follows another
+                # rank's failure must not kill this process before it reports its own error
+                close()
     finally:
-        if trainer is not None and trainer.tensorboard is not None:
-            trainer.tensorboard.close()
-        torch.set_num_threads(threads)
-        ctx.close()
+        close()

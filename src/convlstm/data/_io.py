@@ -100,7 +100,9 @@ def open_npz(path: Path, key: str | None, where: str) -> np.ndarray:
         try:
             with archive.open(info) as member:
                 shape, fortran, dtype = _read_npy_header(member, label)
-                data = member.read()
+                # the declared size first: nothing is decompressed for a header that lies
+                _check_length(label, shape, dtype, info.file_size - member.tell())
+                data = member.read(math.prod(shape) * dtype.itemsize)
         except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
             raise ValueError(f"{label}: corrupt compressed member ({exc})") from exc
     _check_length(label, shape, dtype, len(data))
