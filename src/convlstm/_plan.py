@@ -6,10 +6,13 @@ the same function, and :func:`convlstm.fast.settings` can force each one.
 * **channels-last** (2-D only): oneDNN's and cuDNN's fastest convolutions use NHWC. On CPU it
   pays once a step has enough work to amortise the layout's copies; for the tiny tensors of
   streaming inference the standard layout is faster.
-* **joint input convolution** (CPU only): with very few input channels oneDNN runs the input
-  convolution at a few GFLOP/s, so convolving ``[x_t, h]`` with ``[W_ih, W_hh]`` once per step
-  beats one batched convolution of the sequence plus a recurrent one per step; and for a single
-  step (streaming) there is nothing to batch, so one convolution call beats two.
+* **joint input convolution** (CPU only): for a single step (streaming) there is nothing to
+  batch, so convolving ``[x_t, h]`` with ``[W_ih, W_hh]`` in one call beats two calls. For
+  sequences the batched input convolution is kept even with one input channel: on an idle
+  2-core Xeon (oneDNN with AMX) the joint convolution was 0.74-0.78x its speed at ``w64``
+  (B=8, T=10, 1x64x64 in, hidden 64-64, fwd+bwd) and no faster at 4 input channels, although
+  1-channel convolutions are slow on some CPUs (an AVX-512 EPYC measured the opposite): force
+  ``input_conv="joint"`` with :func:`convlstm.fast.settings` where it wins.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ __all__ = [
 CHANNELS_LAST_MIN_WORK = 1 << 16
 """Smallest ``B * C_h * prod(S')`` (elements of one state tensor) for channels-last on CPU."""
 
-JOINT_MAX_IN_CHANNELS = 4
-"""Largest ``C_in`` for which the CPU plan chooses the joint input convolution."""
+JOINT_MAX_IN_CHANNELS = 0
+"""Largest ``C_in`` for which the CPU plan chooses the joint input convolution for sequences
+(0: only for single steps)."""
 
 
 def use_channels_last(cell: ConvLSTMCell, frame: Tensor) -> bool:
