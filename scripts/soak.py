@@ -185,8 +185,8 @@ def stream(args: argparse.Namespace) -> dict:
     from convlstm import ConvLSTM
 
     torch.manual_seed(0)
-    layer = ConvLSTM(1, [2, 2], 3, spatial_dims=2, peephole="channel")
-    x = torch.randn(1, args.steps, 1, 4, 4)
+    layer = ConvLSTM(1, [2, 2], 3, spatial_dims=2, peephole="channel", dtype=torch.float64)
+    x = torch.randn(1, args.steps, 1, 4, 4, dtype=torch.float64)
     started = time.monotonic()
     with torch.no_grad():
         full, _ = layer(x)
@@ -206,8 +206,13 @@ def stream(args: argparse.Namespace) -> dict:
                 out, state = layer(chunk, state)
                 out.square().mean().backward()
                 state = [(h.detach(), c.detach()) for h, c in state]
-            if not torch.equal(out.detach(), full[:, pos : pos + n]):
-                raise AssertionError(f"{mode}: chunk at step {pos} differs from the one-shot run")
+            # equal up to float64 rounding: 1-step chunks convolve [x, h] jointly, the
+            # one-shot run batches the input convolution (another summation order)
+            error = (out.detach() - full[:, pos : pos + n]).abs().max().item()
+            if error > 1e-12:
+                raise AssertionError(
+                    f"{mode}: chunk at step {pos} differs from the one-shot run by {error:.3g}"
+                )
             pos += n
             index += 1
             if index % max(args.steps // 10 // 5, 1) == 0 or pos >= args.steps:

@@ -75,7 +75,10 @@ def run_stream(layer, x, full, mode: str, steps: int) -> dict:
             if mode == "detach":  # truncated backpropagation through time
                 out.square().mean().backward()
                 state = [(h.detach(), c.detach()) for h, c in state]
-        assert torch.equal(out.detach(), full[:, pos : pos + n]), (mode, pos)
+        # One-shot batches the input convolution over time, a 1-step chunk convolves [x, h]
+        # jointly: the sums round in another order, so equal up to float64 rounding, no drift.
+        error = (out.detach() - full[:, pos : pos + n]).abs().max().item()
+        assert error <= 1e-12, (mode, pos, error)
         pos += n
         index += 1
         if index == 100:  # after warm-up
@@ -96,7 +99,8 @@ def test_long_streaming_keeps_memory_flat_and_equals_one_shot(stream, mode) -> N
     assert figures["tensors_end"] <= figures["tensors_start"]
     assert growth < 8, f"RSS grew {growth:.1f} MiB over {STEPS} steps"
     for (h, c), (fh, fc) in zip(figures["state"], states, strict=True):
-        assert torch.equal(h.detach(), fh) and torch.equal(c.detach(), fc)
+        torch.testing.assert_close(h.detach(), fh, rtol=0, atol=1e-12)
+        torch.testing.assert_close(c.detach(), fc, rtol=0, atol=1e-12)
 
 
 LEAK_CONTROL = """
