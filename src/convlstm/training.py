@@ -34,6 +34,7 @@ import shutil
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -687,7 +688,11 @@ class _Trainer:
             self.optimizer.step()
         else:
             self._nonfinite(value)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a skipped step still advances the schedule, so that it follows the step count; if
+            # no optimizer step has run yet, torch warns about the order, which is intended here
+            warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         state.step += 1
         state.epoch_step += 1
         return value if finite else math.nan
