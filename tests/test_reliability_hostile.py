@@ -37,13 +37,7 @@ from convlstm.models import EncoderForecaster
 from convlstm.predict import load_frames
 from test_reliability_support import TINY, rss_mb
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Payload:

@@ -66,12 +66,8 @@ EXTERNAL: dict[str, list[signal.Signals]] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): bitwise-equal weights
-    yield
-    torch.set_num_threads(threads)
+# as the subprocesses (OMP_NUM_THREADS=1): bitwise-equal weights
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Killed:

@@ -32,12 +32,7 @@ STEPS = 3000
 CHUNKS = [1, 2, 3, 4, 1, 5]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def live_tensors() -> int:

@@ -32,12 +32,7 @@ from test_reliability_support import TINY
 EPOCHS = ["optim.epochs=3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Faulty(Dataset):
