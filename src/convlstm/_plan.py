@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANNELS_LAST_MIN_WORK",
-    "JOINT_MAX_IN_CHANNELS",
     "use_channels_last",
     "use_fused_loop",
     "use_joint_conv",
@@ -38,10 +37,6 @@ __all__ = [
 
 CHANNELS_LAST_MIN_WORK = 1 << 16
 """Smallest ``B * C_h * prod(S')`` (elements of one state tensor) for channels-last on CPU."""
-
-JOINT_MAX_IN_CHANNELS = 0
-"""Largest ``C_in`` for which the CPU plan chooses the joint input convolution for sequences
-(0: only for single steps)."""
 
 
 def use_channels_last(cell: ConvLSTMCell, frame: Tensor) -> bool:
@@ -69,7 +64,7 @@ def use_joint_conv(cell: ConvLSTMCell, frame: Tensor, steps: int) -> bool:
     forced = _settings.current().input_conv
     if forced is not None:
         return forced == "joint"
-    return frame.device.type == "cpu" and (cell.in_channels <= JOINT_MAX_IN_CHANNELS or steps == 1)
+    return frame.device.type == "cpu" and steps == 1
 
 
 def use_fused_loop(cell: ConvLSTMCell, frame: Tensor) -> bool:

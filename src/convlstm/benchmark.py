@@ -11,9 +11,9 @@ measured on the spot (a large matrix product), and activation memory.
 Variants (training shapes): ``floor`` (the convolutions alone, channels-last), ``naive`` (the
 seed's eight-convolution cell with learned peepholes), ``convlstm_peep`` (our layer computing the
 naive cell's function), ``convlstm`` (our layer, no peepholes, default fast paths),
-``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` and
-``convlstm_batched`` (the plan's channels-last and joint-convolution choices undone, where it
-makes them), ``convlstm_bf16`` (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``),
+``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` (the plan's
+channels-last choice undone, where it makes it), ``convlstm_joint`` or ``convlstm_batched`` (on CPU,
+the input convolution the plan did not choose, where both are possible), ``convlstm_bf16`` (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``),
 ``convlstm_compiled``
 (:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras`` (Keras 3 ``ConvLSTM2D``,
 torch backend, if installed). Streaming shapes time one step from a given state, without
@@ -188,13 +188,14 @@ def _train_variants(
         variants["convlstm_nchw"] = Variant(
             "convlstm_nchw", run(layer), own, x, _forced(channels_last=False), "fp32", "plain", True
         )
-    if _plan.use_joint_conv(cell, frame, shape.steps):
-        variants["convlstm_batched"] = Variant(
-            "convlstm_batched",
+    if device.type == "cpu" and cell.joint_conv_possible(frame.shape[2:]):
+        other = "batched" if _plan.use_joint_conv(cell, frame, shape.steps) else "joint"
+        variants[f"convlstm_{other}"] = Variant(
+            f"convlstm_{other}",
             run(layer),
             own,
             x,
-            _forced(input_conv="batched"),
+            _forced(input_conv=other),
             "fp32",
             "plain",
             True,
@@ -458,6 +459,7 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
             ("train_convlstm_vs_plain", "convlstm", "convlstm_plain", "train"),
             ("train_channels_last_vs_nchw", "convlstm", "convlstm_nchw", "train"),
             ("train_joint_vs_batched_input_conv", "convlstm", "convlstm_batched", "train"),
+            ("train_batched_vs_joint_input_conv", "convlstm", "convlstm_joint", "train"),
             ("train_bf16_vs_fp32", "convlstm_bf16", "convlstm", "train"),
             ("train_compiled_vs_convlstm", "convlstm_compiled", "convlstm", "train"),
             ("train_compiled_vs_naive", "convlstm_compiled", "naive", "train"),
