@@ -421,12 +421,11 @@ class ConvLSTMCell(nn.Module):
         return self._gates(gates, c, owned=True)
 
     def _fusable(self, gates: Tensor, c: Tensor | None) -> bool:
-        """Whether :func:`~convlstm._gates.fused_gates` computes this cell's gates: sigmoid/tanh,
-        no norm, one dtype, and eager mode (compilers fuse the plain expressions themselves; tracers
-        record them)."""
+        """Whether :func:`~convlstm._gates.fused_gates` computes this cell's gates (after the
+        norm, if any): sigmoid/tanh, one dtype, and eager mode (compilers fuse the plain
+        expressions themselves; tracers record them)."""
         return (
-            self.norm is None
-            and self.activation is torch.tanh
+            self.activation is torch.tanh
             and self.recurrent_activation is torch.sigmoid
             and _settings.current().fused_gates
             and not torch.compiler.is_compiling()
@@ -438,14 +437,15 @@ class ConvLSTMCell(nn.Module):
     def _gates(self, gates: Tensor, c: Tensor | None, owned: bool) -> State:
         """The arithmetic after the convolutions: ``gates`` ``(B, 4*C_h, *S')`` (overwritten if
         ``owned``) and ``c`` (``None`` for zeros) -> ``(h', c')``."""
+        if self.norm is not None:
+            # The bias is added after the norm: group_norm's per-channel shift. Its output is a
+            # new tensor, which the gates may overwrite (group_norm's backward does not read it).
+            groups = 4 if self.norm == "layer" else 4 * self.norm_groups
+            gates = F.group_norm(gates, groups, self.norm_weight, self.bias)
+            owned = True
         if self._fusable(gates, c):
             peepholes = (self.weight_ci, self.weight_cf, self.weight_co)
             return fused_gates(gates, c, *peepholes, inplace=owned)
-        if self.norm is not None:
-            groups = 4 if self.norm == "layer" else 4 * self.norm_groups
-            gates = F.group_norm(gates, groups, self.norm_weight)
-            if self.bias is not None:
-                gates = gates + self._per_channel(self.bias)
         i, f, g, o = gates.chunk(4, dim=1)
         if c is not None and self.weight_ci is not None and self.weight_cf is not None:
             i = i + self.weight_ci * c
@@ -457,9 +457,6 @@ class ConvLSTMCell(nn.Module):
             o = o + self.weight_co * c_new
         h_new = self.recurrent_activation(o) * self.activation(c_new)
         return h_new, c_new
-
-    def _per_channel(self, weight: Tensor) -> Tensor:
-        return weight.view(-1, *(1,) * self.spatial_dims)
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``."""
