@@ -306,7 +306,9 @@ def test_cli_predict_bad_device_is_not_blamed_on_the_checkpoint(
     assert not (tmp_path / "o.npy").exists()
 
 
-def test_cli_predict_output_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_predict_output_under_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
     np.save(tmp_path / "in.npy", np.zeros((3, 32, 32), np.float32))
     blocker = tmp_path / "file.txt"

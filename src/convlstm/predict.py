@@ -296,9 +296,7 @@ def _read_array(path: Path) -> np.ndarray:
     except (zipfile.BadZipFile, OSError) as error:
         raise ValueError(f"not a readable .npz archive ({error})") from None
     name = (
-        names[0]
-        if len(names) == 1
-        else next((n for n in ("frames", "inputs") if n in names), None)
+        names[0] if len(names) == 1 else next((n for n in ("frames", "inputs") if n in names), None)
     )
     if name is None:
         raise ValueError(

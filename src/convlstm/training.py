@@ -341,9 +341,7 @@ def _leftovers(out_dir: Path) -> list[Path]:
         return []
     names = (*_RUN_MARKERS, "report")
     return [
-        entry
-        for entry in out_dir.iterdir()
-        if any(is_temporary(entry, name) for name in names)
+        entry for entry in out_dir.iterdir() if any(is_temporary(entry, name) for name in names)
     ]
 
 
@@ -759,9 +757,7 @@ class _Trainer:
         total = self.ctx.all_reduce(total)
         return float(total[0] / total[1]) if total[1] else math.nan
 
-    def _end_epoch(
-        self, train_loss: float | None, steps: int, seconds: float, reason: str
-    ) -> str:
+    def _end_epoch(self, train_loss: float | None, steps: int, seconds: float, reason: str) -> str:
         state, config = self.state, self.config
         tick = time.perf_counter()
         val = self.validate()

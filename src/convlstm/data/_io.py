@@ -54,7 +54,9 @@ def _read_npy_header(fp: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, 
         raise ValueError(f"{where}: not a readable .npy array ({exc})") from exc
     require_numeric(dtype, where)
     if any(n < 0 for n in shape):
-        raise ValueError(f"{where}: its header declares a negative dimension in shape {tuple(shape)}")
+        raise ValueError(
+            f"{where}: its header declares a negative dimension in shape {tuple(shape)}"
+        )
     return tuple(shape), bool(fortran), dtype
 
 
@@ -206,7 +208,11 @@ class ArraySource:
     @staticmethod
     def _kind_of(path: Path, where: str) -> str:
         suffix = path.suffix.lower()
-        for kind, suffixes in (("npy", NPY_SUFFIXES), ("npz", NPZ_SUFFIXES), ("hdf5", HDF5_SUFFIXES)):
+        for kind, suffixes in (
+            ("npy", NPY_SUFFIXES),
+            ("npz", NPZ_SUFFIXES),
+            ("hdf5", HDF5_SUFFIXES),
+        ):
             if suffix in suffixes:
                 return kind
         supported = NPY_SUFFIXES + NPZ_SUFFIXES + HDF5_SUFFIXES

@@ -208,8 +208,10 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         if layout not in expected:
             raise ValueError(f"layout must be 'samples', 'record' or None, got {layout!r}")
         if ndim not in expected[layout]:
-            wanted = "(T, H, W) or (T, C, H, W)" if layout == "record" else (
-                "(N, T, H, W) or (N, T, C, H, W)"
+            wanted = (
+                "(T, H, W) or (T, C, H, W)"
+                if layout == "record"
+                else ("(N, T, H, W) or (N, T, C, H, W)")
             )
             raise ValueError(
                 f"{self.name}: layout={layout!r} expects shape {wanted}, "

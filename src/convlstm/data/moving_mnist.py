@@ -329,7 +329,9 @@ def write_moving_mnist(
         def fill(out: np.ndarray) -> None:
             out[...] = frames.transpose(1, 0, 2, 3)
 
-        return atomic_write_npy(path, (t, n, h, w), np.uint8, fill, overwrite=overwrite, where=where)
+        return atomic_write_npy(
+            path, (t, n, h, w), np.uint8, fill, overwrite=overwrite, where=where
+        )
 
     n = len(data)
     if n < 1:

@@ -78,5 +78,7 @@ def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = Fa
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
     if key in _REGISTRY and not overwrite:
-        raise ValueError(f"dataset {key!r} is already registered; pass overwrite=True to replace it")
+        raise ValueError(
+            f"dataset {key!r} is already registered; pass overwrite=True to replace it"
+        )
     _REGISTRY[key] = factory

@@ -64,7 +64,9 @@ def rain_to_dbz(r: ArrayLike, a: float = 200.0, b: float = 1.6, zero_dbz: float 
     return np.maximum(dbz, zero_dbz).astype(x.dtype, copy=False)
 
 
-def dbz_to_rain(dbz: ArrayLike, a: float = 200.0, b: float = 1.6, zero_dbz: float = 0.0) -> ArrayLike:
+def dbz_to_rain(
+    dbz: ArrayLike, a: float = 200.0, b: float = 1.6, zero_dbz: float = 0.0
+) -> ArrayLike:
     """Convert reflectivity (dBZ) to rain rate (mm/h); inverse of :func:`rain_to_dbz`.
 
     ``R = (10**(dBZ/10) / a) ** (1/b)``; values at or below ``zero_dbz`` map to 0.
