@@ -12,9 +12,9 @@ Variants (training shapes): ``floor`` (the convolutions alone, channels-last), `
 seed's eight-convolution cell with learned peepholes), ``convlstm_peep`` (our layer computing the
 naive cell's function), ``convlstm`` (our layer, no peepholes, default fast paths),
 ``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` (the plan's
-channels-last choice undone, where it makes it), ``convlstm_joint`` or ``convlstm_batched`` (on CPU,
-the input convolution the plan did not choose, where both are possible), ``convlstm_bf16`` (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``),
-``convlstm_compiled``
+channels-last choice undone, where it makes it), ``convlstm_joint`` or ``convlstm_batched`` (on
+CPU, the input convolution the plan did not choose, where both are possible), ``convlstm_bf16``
+(bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``), ``convlstm_compiled``
 (:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras`` (Keras 3 ``ConvLSTM2D``,
 torch backend, if installed). Streaming shapes time one step from a given state, without
 gradients: ``naive``, ``floor`` (the two convolutions), ``convlstm_cell`` and ``convlstm_layer``.

@@ -211,7 +211,7 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
             wanted = (
                 "(T, H, W) or (T, C, H, W)"
                 if layout == "record"
-                else ("(N, T, H, W) or (N, T, C, H, W)")
+                else "(N, T, H, W) or (N, T, C, H, W)"
             )
             raise ValueError(
                 f"{self.name}: layout={layout!r} expects shape {wanted}, "
