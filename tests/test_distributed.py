@@ -46,15 +46,11 @@ def test_single_process_context() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # as the subprocesses (OMP_NUM_THREADS=1)
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     config = apply_overrides(Config(), OVERRIDES)
     path = save_config(config, tmp_path / "config.yaml")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(config, tmp_path / "single")
-    finally:
-        torch.set_num_threads(threads)
+    train(config, tmp_path / "single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [

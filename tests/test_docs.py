@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 import convlstm
+from convlstm.data import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -103,19 +103,13 @@ def test_code_blocks_parser():
 
 
 @pytest.mark.parametrize("path", RUNNABLE, ids=_doc_id)
+@pytest.mark.usefixtures("one_thread")  # the examples are tiny
 def test_doc_code_blocks_run(path, tmp_path, monkeypatch):
     """Run the file's python blocks in order in one namespace, in a temporary folder where each
     block with a ``title="name"`` (a configuration file, ...) is first written as ``name``."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KERAS_BACKEND", "torch")
-    # The examples are tiny: one thread avoids the thread pool's start-up and spinning costs,
-    # which dominate them on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _run_blocks(path, tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    _run_blocks(path, tmp_path)
 
 
 def _run_blocks(path: Path, folder: Path) -> None:
@@ -158,21 +152,19 @@ def public_modules() -> list[str]:
 
 
 @pytest.mark.parametrize("name", public_modules())
+@pytest.mark.usefixtures("one_thread")
 def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # examples that register datasets (convlstm.data.registry) must not leak into later tests
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     module = importlib.import_module(name)
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     tests = [t for t in finder.find(module, name) if t.examples]
     if not tests:
         pytest.skip(f"{name} has no docstring examples")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for test in tests:
-            runner.run(test)
-    finally:
-        torch.set_num_threads(threads)
+    for test in tests:
+        runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) of {name} failed (see above)"
 
