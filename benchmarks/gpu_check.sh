@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # GPU check of convlstm's fast paths: the CUDA tests, then the benchmark on the 16x16 / hidden-128
-# workload (w16) and the main-job shape, eager and compiled (CUDA graphs). At most 6 minutes (the
-# step timeouts add up to 350 s; about 4 on one H100); every step writes its results as it goes.
+# workload (w16) and the main-job shape, eager and compiled (CUDA graphs), then one minute of the
+# main job's training on the GPU. At most 8 minutes (the step timeouts add up to 470 s); every step
+# writes its results as it goes.
 #
 # Usage, from the repository root, with a Python that has torch+CUDA (and pytest):
 #     OUT=/path/to/results bash benchmarks/gpu_check.sh
 # The package is used from src/ (PYTHONPATH), so nothing needs installing. Results in $OUT:
-# gpu_check.log (everything), gpu_tests.xml, bench_eager.json, bench_compiled.json, summary.txt.
+# gpu_check.log (everything), gpu_tests.xml, bench_eager.json, bench_compiled.json,
+# train_metrics.jsonl and train_report.json (the training run's), summary.txt.
 set -x
 set -u
 set -o pipefail
@@ -19,6 +21,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 status=0
+TMPDIR_TRAIN=$(mktemp -d)
 step() {  # step NAME SECONDS COMMAND...: run with a timeout, record its exit code, carry on
     local name=$1 seconds=$2
     shift 2
@@ -38,5 +41,9 @@ step bench_eager 80 "$PY" benchmarks/bench.py --device cuda --shapes w16 main_jo
 step bench_compiled 140 "$PY" benchmarks/bench.py --device cuda --shapes w16 main_job \
     --variants naive floor convlstm convlstm_compiled --no-memory --rounds 10 \
     --json "$OUT/bench_compiled.json"
+step train 120 "$PY" -m convlstm.cli train --out "$TMPDIR_TRAIN" --overwrite run.device=cuda \
+    run.max_minutes=1 run.eval_samples=256 run.progress=false
+cp "$TMPDIR_TRAIN/metrics.jsonl" "$OUT/train_metrics.jsonl"
+cp "$TMPDIR_TRAIN/report/metrics.json" "$OUT/train_report.json"
 echo "overall: exit $status" | tee -a "$OUT/summary.txt"
 exit "$status"
