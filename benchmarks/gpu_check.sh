@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check of convlstm's fast paths: the CUDA tests, then the benchmark on the 16x16 / hidden-128
 # workload (w16) and the main-job shape, eager and compiled (CUDA graphs), then one minute of the
-# main job's training on the GPU. At most 8 minutes (the step timeouts add up to 470 s); every step
-# writes its results as it goes.
+# main job's training on the GPU. About 3.5 minutes on an H200, at most 8 (the step timeouts add
+# up to 470 s); every step writes its results as it goes.
 #
 # Usage, from the repository root, with a Python that has torch+CUDA (and pytest):
 #     OUT=/path/to/results bash benchmarks/gpu_check.sh

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from convlstm import _gates, benchmark
 
@@ -60,3 +62,56 @@ def test_unknown_shape_is_an_error(capsys):
     assert "unknown shape 'nope'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="B,T,C_in,S"):
         benchmark.parse_shape("1,2")
+
+
+def _shifted(name, shift, w, x, **kwargs):
+    """A variant computing ``x * w + shift``: ``shift`` plays a rounding error."""
+    return benchmark.Variant(name, lambda inp: inp * w + shift, [w], x, **kwargs)
+
+
+@pytest.mark.parametrize(("shift", "accepted"), [(5e-3, True), (2e-2, False)])
+def test_the_check_allows_noise_times_the_references_own_error(shift, accepted):
+    x = torch.randn(1, 2, 1, 3, 3, dtype=torch.float64)
+    w = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    exact = benchmark.Variant("exact", lambda inp: inp * w, [w], x)
+    reference = _shifted("plain", 1e-3, w, x, truth=exact)  # 1e-3 off the exact output
+    variant = _shifted("fast", shift, w, x, reference="plain", own=True)
+    grad = torch.randn(x.shape, dtype=torch.float64)
+    truth = benchmark._run_once(exact, grad, True)
+    with pytest.raises(AssertionError, match="output"):  # without the truth: 1e-4 absolute
+        benchmark._check(variant, reference, grad)
+    if accepted:  # within NOISE (10) times the reference's error of 1e-3
+        errors = benchmark._check(variant, reference, grad, truth)
+        assert errors["output"] == pytest.approx(shift - 1e-3, rel=1e-4)
+    else:
+        with pytest.raises(AssertionError, match="output"):
+            benchmark._check(variant, reference, grad, truth)
+
+
+def test_a_path_that_fails_after_its_check_is_refused_and_the_rest_timed(monkeypatch):
+    make = benchmark._train_variants
+
+    def with_a_flaky_path(*args, **kwargs):
+        variants, notes = make(*args, **kwargs)
+        v = variants["convlstm"]
+        calls = []
+
+        def once(inp):  # passes the check, then breaks (as a CUDA graph did)
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("overwritten\nby a subsequent run")
+            return v.forward(inp)
+
+        variants["convlstm"] = dataclasses.replace(v, forward=once)
+        return variants, notes
+
+    monkeypatch.setattr(benchmark, "_train_variants", with_a_flaky_path)
+    args = argparse.Namespace(
+        compile=False, no_compile=True, no_keras=True, variants=["convlstm", "floor"],
+        rounds=1, no_memory=True,
+    )  # fmt: skip
+    shape = benchmark.parse_shape(TINY[0])
+    report = benchmark._bench_train(shape, benchmark._device("cpu"), args, {"fp32": 1, "bf16": 1})
+    assert report["results"]["convlstm"]["refused"] == "failed: RuntimeError: overwritten"
+    assert "train" not in report["results"]["convlstm"]
+    assert "train" in report["results"]["floor"]
