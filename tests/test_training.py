@@ -467,6 +467,27 @@ def test_time_budget_and_early_stopping(tmp_path: Path, monkeypatch) -> None:
     assert result.stop_reason == "early_stopping" and result.epochs == 2
 
 
+def test_time_budget_leaves_room_for_the_final_report(tmp_path: Path, monkeypatch) -> None:
+    probed = []
+    probe = training._Trainer._probe_report
+
+    def spy(self):
+        before = torch.get_rng_state()
+        probed.append(probe(self))  # the real probe: score a batch as the report will
+        assert torch.equal(torch.get_rng_state(), before)  # training's random stream untouched
+        return probed[-1]
+
+    monkeypatch.setattr(training._Trainer, "_probe_report", spy)
+    budget = ("run.max_minutes=60", "run.eval_samples=1000", "optim.epochs=4")
+    result = train(tiny(*budget), tmp_path / "probed")
+    assert result.steps == 8 and len(probed) == 1  # probed once, after the first validation
+    assert training._REPORT_FILES_S < probed[0] < 60 * 60
+    # a report that needs the whole budget stops training at the first plan after the probe
+    monkeypatch.setattr(training._Trainer, "_probe_report", lambda self: 3600.0)
+    result = train(tiny(*budget), tmp_path / "no_time")
+    assert result.stop_reason == "time_budget" and result.steps < 8
+
+
 def test_tiny_training_learns(tmp_path: Path) -> None:
     config = tiny(
         "model.hidden_channels=[8]",

@@ -76,6 +76,8 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 _RUN_MARKERS = (CONFIG_FILE, METRICS_FILE, "last.pt", "best.pt")
+_REPORT_FILES_S = 5.0
+"""Seconds the final report needs beyond scoring: loading ``best.pt``, curves, GIFs (about 2)."""
 # Arguments that select each split of a dataset, unless the configuration sets them.
 _SPLITS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "moving_mnist": ({"digits": "train"}, {"digits": "val"}),
@@ -475,6 +477,7 @@ class _Trainer:
         )
         self.tensorboard: Any = None
         self.val_seconds: float | None = None
+        self.report_seconds: float | None = None  # the final report's cost, probed once
 
     def header(self, resume: bool) -> str:
         """One line saying what this run will do (printed by rank 0 at the start)."""
@@ -724,13 +727,20 @@ class _Trainer:
         if budget is None:
             return
         state = self.state
-        seconds_per_step = float(
-            self.ctx.all_reduce(torch.tensor([seconds_per_step], dtype=torch.float64), "max")[0]
-        )
         remaining_epochs = math.ceil((state.total_steps - state.step) / self.steps_per_epoch)
         per_validation = self.val_seconds or 0.0
-        report = self.config.run.eval_samples / max(self.config.data.val_samples, 1)
-        validation = per_validation * (max(remaining_epochs, 1) + report)
+        report = self.report_seconds
+        if report is None:  # not probed yet: a validation's speed (too low a guess on CPUs)
+            samples = max(len(self.val_set), 1)  # type: ignore[arg-type]
+            report = per_validation * self.config.run.eval_samples / samples
+        validation = per_validation * max(remaining_epochs, 1) + report
+        # Every rank must plan the same number of steps.
+        seconds_per_step, validation = (
+            float(v)
+            for v in self.ctx.all_reduce(
+                torch.tensor([seconds_per_step, validation], dtype=torch.float64), "max"
+            )
+        )
         affordable = int((budget * 60 - elapsed - validation) / seconds_per_step)
         total = min(self.configured_steps, state.step + max(affordable, 1))
         if total > state.total_steps and state.step > state.total_steps // 2:
@@ -738,6 +748,29 @@ class _Trainer:
         if abs(total - state.total_steps) > 0.02 * state.total_steps:
             state.total_steps = total
             self.schedule.total = total
+
+    def _probe_report(self) -> float:
+        """Seconds the final report will take: score one batch of validation sequences the way
+        :func:`convlstm.evaluation.evaluate` does (the model in float32 and the baselines, SSIM
+        and all), scaled to ``run.eval_samples``, plus ``_REPORT_FILES_S``. On a 2-core CPU
+        the report of the default job took 53 s where a validation's speed promised 8, and a
+        single cold batch about 120."""
+        from convlstm import evaluation
+
+        count = min(self.config.run.eval_batch_size, len(self.val_set))  # type: ignore[arg-type]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # training's random stream stays as it was
+            for _ in range(2):  # the second, warm call: one-off costs would be scaled up too
+                tick = time.perf_counter()
+                evaluation.evaluate(
+                    self.model,
+                    Subset(self.val_set, range(count)),
+                    batch_size=count,
+                    device=self.device,
+                    progress=False,
+                )
+                seconds = time.perf_counter() - tick
+        return seconds / max(count, 1) * self.config.run.eval_samples + _REPORT_FILES_S
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -762,6 +795,9 @@ class _Trainer:
         tick = time.perf_counter()
         val = self.validate()
         self.val_seconds = time.perf_counter() - tick
+        budgeted = config.run.max_minutes and reason != "time_budget"  # the plan will use it
+        if self.report_seconds is None and budgeted and config.run.eval_samples:
+            self.report_seconds = self._probe_report()
         improved = math.isfinite(val) and (state.best_metric is None or val < state.best_metric)
         if improved:
             state.best_metric, state.best_epoch, state.bad_epochs = val, state.epoch, 0
