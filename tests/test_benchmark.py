@@ -31,6 +31,16 @@ def test_suite_runs_checks_and_writes_json(tmp_path):
     assert "convlstm_cell_vs_naive" in stream["ratios"]
 
 
+def _bench_convlstm_and_floor() -> dict:
+    """``_bench_train`` of our layer and the floor on the tiny training shape, one round."""
+    args = argparse.Namespace(
+        compile=False, no_compile=True, no_keras=True, variants=["convlstm", "floor"],
+        rounds=1, no_memory=True,
+    )  # fmt: skip
+    shape = benchmark.parse_shape(TINY[0])
+    return benchmark._bench_train(shape, benchmark._device("cpu"), args, {"fp32": 1, "bf16": 1})
+
+
 def test_a_path_that_does_not_match_is_refused(monkeypatch):
     activate = _gates.activate
 
@@ -39,12 +49,7 @@ def test_a_path_that_does_not_match_is_refused(monkeypatch):
         return h.mul_(1.01), c
 
     monkeypatch.setattr(_gates, "activate", wrong)
-    args = argparse.Namespace(
-        compile=False, no_compile=True, no_keras=True, variants=["convlstm", "floor"],
-        rounds=1, no_memory=True,
-    )  # fmt: skip
-    shape = benchmark.parse_shape(TINY[0])
-    report = benchmark._bench_train(shape, benchmark._device("cpu"), args, {"fp32": 1, "bf16": 1})
+    report = _bench_convlstm_and_floor()
     assert report["results"]["convlstm"]["refused"].startswith("does not match plain")
     assert "train" not in report["results"]["convlstm"]
     assert "train" in report["results"]["floor"]
@@ -106,12 +111,7 @@ def test_a_path_that_fails_after_its_check_is_refused_and_the_rest_timed(monkeyp
         return variants, notes
 
     monkeypatch.setattr(benchmark, "_train_variants", with_a_flaky_path)
-    args = argparse.Namespace(
-        compile=False, no_compile=True, no_keras=True, variants=["convlstm", "floor"],
-        rounds=1, no_memory=True,
-    )  # fmt: skip
-    shape = benchmark.parse_shape(TINY[0])
-    report = benchmark._bench_train(shape, benchmark._device("cpu"), args, {"fp32": 1, "bf16": 1})
+    report = _bench_convlstm_and_floor()
     assert report["results"]["convlstm"]["refused"] == "failed: RuntimeError: overwritten"
     assert "train" not in report["results"]["convlstm"]
     assert "train" in report["results"]["floor"]

@@ -462,7 +462,7 @@ def _bench_stream(
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
                 results[name] = {"check": {"output": _max_error(got, want)}}
             except AssertionError as error:
-                results[name] = {"refused": f"does not match plain: {str(error).splitlines()[0]}"}
+                results[name] = {"refused": f"does not match plain: {_first_line(error)}"}
                 del cases[name]
         results["floor"] = {}
         for call in cases.values():

@@ -142,10 +142,10 @@ class RunConfig:
     ``max_minutes`` bounds the training time: the step budget is re-planned from the measured
     speed so that the learning-rate schedule, the validations and the final report of
     ``eval_samples`` sequences (timed on one batch after the first validation) end in time;
-    training stops at ``max_minutes`` in any case. ``patience``: stop after that many epochs without a better
-    validation loss (0: never). ``nonfinite``: on a NaN/inf loss or gradient, ``stop`` (default) or ``skip``
-    the step, at most ``max_skips`` times. ``dist_timeout_s`` bounds every collective under
-    ``torchrun``.
+    training stops at ``max_minutes`` in any case. ``patience``: stop after that many epochs
+    without a better validation loss (0: never). ``nonfinite``: on a NaN/inf loss or gradient,
+    ``stop`` (default) or ``skip`` the step, at most ``max_skips`` times. ``dist_timeout_s``
+    bounds every collective under ``torchrun``.
     """
 
     seed: int = 0

@@ -291,7 +291,7 @@ _DEFAULTS: dict[str, Any] = dict(
 _MODELS: dict[str, dict[str, Any]] = {
     # The CPU default (configs/moving_mnist.toml gives its training recipe): 2 layers of 32
     # channels, 5x5 kernels on 4x4 patches, a 3x3 readout of the top layer. Small and cheap
-    # per step: within a 12-minute CPU budget more steps beat more channels.
+    # per step: within the main job's CPU budget more steps beat more channels.
     "moving_mnist": dict(
         hidden_channels=[32, 32], kernel_size=5, patch_size=4, readout="top", readout_kernel=3
     ),

@@ -758,6 +758,8 @@ class _Trainer:
         from convlstm import evaluation
 
         count = min(self.config.run.eval_batch_size, len(self.val_set))  # type: ignore[arg-type]
+        if not count:
+            return _REPORT_FILES_S
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # training's random stream stays as it was
             for _ in range(2):  # the second, warm call: one-off costs would be scaled up too
@@ -770,7 +772,7 @@ class _Trainer:
                     progress=False,
                 )
                 seconds = time.perf_counter() - tick
-        return seconds / max(count, 1) * self.config.run.eval_samples + _REPORT_FILES_S
+        return seconds / count * self.config.run.eval_samples + _REPORT_FILES_S
 
     @torch.no_grad()
     def validate(self) -> float:
