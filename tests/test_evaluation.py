@@ -295,7 +295,7 @@ def test_cli_evaluate_file_and_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     np.save(tmp_path / "odd.npy", np.zeros((2, 6, 1, 30, 30), np.float32))
     fails(
-        [*other, "--data", str(tmp_path / "odd.npy")], 1, "odd.npy", "model_config.patch_size = 4"
+        [*other, "--data", str(tmp_path / "odd.npy")], 1, "odd.npy", "model_config.patch_size = 8"
     )
     fails([*other, "--data", "nowhere.npy"], 1, "nowhere.npy: no such file")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")

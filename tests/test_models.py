@@ -37,7 +37,7 @@ def test_patching_round_trips() -> None:
     model = create_model("moving_mnist", hidden_channels=[4])
     x = torch.rand(2, 3, 1, 64, 64)
     patches = model.patch(x)
-    assert patches.shape == (2, 3, 16, 16, 16)
+    assert patches.shape == (2, 3, 64, 8, 8)
     assert torch.equal(model.unpatch(patches), x)
     assert torch.equal(tiny(patch_size=1).patch(x), x)
 

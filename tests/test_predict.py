@@ -232,7 +232,7 @@ def test_cli_predict_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     ("make_input", "message"),
     [
         (lambda p: np.save(p, np.zeros((1, 3, 3, 32, 32), np.float32)), "takes 1 channel(s)"),
-        (lambda p: np.save(p, np.zeros((3, 30, 30), np.float32)), "multiple of patch_size=4"),
+        (lambda p: np.save(p, np.zeros((3, 30, 30), np.float32)), "multiple of patch_size=8"),
         (lambda p: p.write_bytes(b"garbage"), "cannot read it as .npy"),
     ],
 )

@@ -79,9 +79,9 @@ SHAPES: dict[str, Shape] = {
         Shape("stream_tiny", 1, 1, 1, 16, (16,), 3, stream=True),
         Shape("stream_small", 1, 1, 16, 16, (32,), 3, stream=True),
         Shape("stream_main", 1, 1, 16, 16, (64, 64), 3, stream=True),
-        # The default main-job model: 64x64x1 frames, 4x4 patches -> 16x16x16, hidden [32, 32],
-        # 5x5 kernels, batch 8.
-        Shape("main_job", 8, 10, 16, 16, (32, 32), 5),
+        # The default main-job model: 64x64x1 frames, 8x8 patches -> 8x8x64, hidden [32, 32],
+        # 3x3 kernels, batch 8.
+        Shape("main_job", 8, 10, 64, 8, (32, 32), 3),
         Shape("w16", 8, 10, 16, 16, (128, 128), 5),
         Shape("w64", 8, 10, 1, 64, (64, 64), 3),
         # Small shapes for --quick and the smoke test.

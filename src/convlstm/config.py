@@ -431,7 +431,7 @@ def validate_config(config: Config) -> Config:
     when the data are built (:func:`convlstm.training.build_datasets`).
 
     >>> validate_config(Config()).model.options["patch_size"]
-    4
+    8
     >>> validate_config(apply_overrides(Config(), ["data.horizon=0"]))
     Traceback (most recent call last):
     ...
