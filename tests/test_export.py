@@ -137,7 +137,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for extra, code, message in [
         (["--formats", "torchscript"], 2, "already exists (pass --overwrite"),
         (["--formats", "tflite", "--overwrite"], 2, "--formats: formats must be some of"),
-        (["--frame-size", "30,30", "--overwrite"], 1, "multiple of patch_size=4"),
+        (["--frame-size", "30,30", "--overwrite"], 1, "multiple of patch_size=8"),
         (["--frame-size", "a,b", "--overwrite"], 2, "--frame-size: 'a' is not a number"),
     ]:
         assert run_command([*argv, *extra]) == code

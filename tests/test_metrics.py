@@ -176,6 +176,29 @@ def test_ssim_matches_scikit_image() -> None:
     np.testing.assert_allclose(ssim(pred, target), expected.mean(0), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 1, 64, 64), (1, 2, 3, 17, 9), (1, 2, 1, 6, 6)])
+def test_ssim_matches_torchmetrics(dtype, shape) -> None:
+    # ours applies the Gaussian window as two matrix products; torchmetrics as one 11x11
+    # grouped convolution of reflect-padded frames
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    generator = torch.Generator().manual_seed(sum(shape))
+    pred = torch.rand(shape, generator=generator, dtype=dtype) * 1.2 - 0.1
+    target = (pred + 0.3 * torch.rand(shape, generator=generator, dtype=dtype)).clamp(0, 1)
+    for data_range in (1.0, 2.5):
+        expected = structural_similarity_index_measure(
+            pred.clamp(0, 1).flatten(0, 1),
+            target.flatten(0, 1),
+            data_range=data_range,
+            reduction="none",
+        )
+        expected = expected.reshape(shape[:2]).double().mean(dim=0)
+        got = ssim(pred, target, data_range=data_range)
+        tolerance = 1e-6 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(got, expected, rtol=0, atol=tolerance)
+
+
 # --------------------------------------------------------------------------- categorical
 
 
