@@ -231,10 +231,9 @@ def _ssim_blur(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     taps = torch.exp(-((offsets / _SSIM_SIGMA) ** 2) / 2)
     taps /= taps.sum()
     rows = torch.arange(size).unsqueeze(1)
-    columns = (rows + offsets.long()).abs()  # reflect at 0 ...
-    columns = torch.where(
-        columns > size - 1, 2 * (size - 1) - columns, columns
-    )  # ... and at the end
+    # F.pad's "reflect" (the edge pixel is not repeated), at 0 and at size - 1
+    columns = (rows + offsets.long()).abs()
+    columns = torch.where(columns > size - 1, 2 * (size - 1) - columns, columns)
     matrix = torch.zeros(size, size, dtype=torch.float64)
     matrix.scatter_add_(1, columns, taps.expand(size, -1).contiguous())
     return matrix.to(dtype=dtype, device=device)

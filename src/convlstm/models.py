@@ -292,7 +292,7 @@ _MODELS: dict[str, dict[str, Any]] = {
     # The CPU default (configs/moving_mnist.toml gives its training recipe): 2 layers of 32
     # channels, 3x3 kernels on 8x8 patches (an 8x8 grid of 64 channels), a 3x3 readout of the
     # top layer. Small and cheap per step: within the main job's CPU budget more steps beat
-    # more channels, and 8x8 patches learn about as much per step as 4x4 at a quarter the cost.
+    # more channels, and 8x8 patches learn nearly as much per step as 4x4 at a quarter the cost.
     "moving_mnist": dict(
         hidden_channels=[32, 32], kernel_size=3, patch_size=8, readout="top", readout_kernel=3
     ),
