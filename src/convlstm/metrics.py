@@ -97,7 +97,9 @@ CONTINUOUS_METRICS: tuple[str, ...] = (
 CATEGORICAL_SCORES: tuple[str, ...] = ("csi", "pod", "far", "hss", "bias")
 """Names of the categorical scores; :meth:`ForecastMetrics.compute` keys them ``"csi@2"``."""
 
-_SSIM_MIN_SIZE = 6  # torchmetrics reflect-pads by 5 pixels for its 11x11 Gaussian window
+_SSIM_SIGMA = 1.5
+_SSIM_RADIUS = 5  # torchmetrics' window for sigma 1.5: int(3.5 * sigma + 0.5) * 2 + 1 = 11 taps
+_SSIM_MIN_SIZE = _SSIM_RADIUS + 1  # reflect-padding by the radius needs that many pixels
 _FRAME_DIMS = (2, 3, 4)
 _SUM_ROWS = 4  # squared error, absolute error, SSIM, PSNR (summed over frames)
 _COUNT_ROWS = 2  # frames, values (pixels x channels)
@@ -213,10 +215,6 @@ def _frames(x: Tensor) -> Tensor:
 def _frame_sums(x: Tensor) -> Tensor:
     """Sum over channels and pixels in float64: ``(B, T, C, H, W) -> (B, T)``."""
     return x.sum(dim=_FRAME_DIMS, dtype=torch.float64)
-
-
-_SSIM_SIGMA = 1.5
-_SSIM_RADIUS = 5  # torchmetrics' window for sigma 1.5: int(3.5 * sigma + 0.5) * 2 + 1 = 11 taps
 
 
 def _ssim_blur(size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
