@@ -71,9 +71,9 @@ def test_teacher_forcing_feeds_the_ground_truth() -> None:
         model(x, 4, teacher_forcing=0.5)
 
 
-@pytest.mark.parametrize("readout", ["concat", "top"])
-def test_every_parameter_gets_a_gradient(readout: str) -> None:
-    model = tiny(readout=readout, readout_kernel=3)
+@pytest.mark.parametrize(("readout", "readout_hidden"), [("concat", 0), ("top", 0), ("top", 7)])
+def test_every_parameter_gets_a_gradient(readout: str, readout_hidden: int) -> None:
+    model = tiny(readout=readout, readout_kernel=3, readout_hidden=readout_hidden)
     model(torch.rand(2, 3, 1, 8, 8), 2).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     assert not missing
@@ -89,6 +89,8 @@ def test_input_checks_name_the_problem() -> None:
         model(torch.rand(3, 1, 8, 8), 2)
     with pytest.raises(ValueError, match="kernel_size must be an int or one per layer"):
         tiny(kernel_size=[3])
+    with pytest.raises(ValueError, match="readout_hidden must be an int >= 0"):
+        tiny(readout_hidden=-2)
 
 
 def test_registry() -> None:

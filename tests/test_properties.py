@@ -399,7 +399,7 @@ FIELDS = {
     "data": ["name", "input_len", "horizon", "train_samples", "val_samples", "val_seed",
              "num_workers", "options", "options.size", "options.num_digits", "options.digits",
              "options.speed_range", "train_options.seed", "val_options.num_samples"],
-    "optim": ["lr", "weight_decay", "batch_size", "epochs", "max_steps", "schedule",
+    "optim": ["lr", "betas", "weight_decay", "batch_size", "epochs", "max_steps", "schedule",
               "warmup_steps", "min_lr_ratio", "grad_clip", "loss", "teacher_forcing",
               "teacher_forcing_steps", "input_loss_weight", "nope"],
     "run": ["seed", "device", "precision", "compile", "channels_last", "max_minutes",

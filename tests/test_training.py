@@ -166,7 +166,10 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("model.hidden_channels=[0]", "model.hidden_channels\\[0\\] must be greater than zero"),
         ("model.name=unet", "valid models: moving_mnist, moving_mnist_large, radar"),
         ("data.name=cifar", "valid datasets: .*moving_mnist"),
-        ("optim.schedule=linear", "optim.schedule must be one of"),
+        ("optim.schedule=step", "optim.schedule must be one of"),
+        ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\)"),
+        ("optim.betas=[0.9, 1.0]", r"optim.betas must be two numbers in \[0, 1\)"),
+        ("model.readout_hidden=-1", "model.readout_hidden must be an int >= 0"),
         ("run.device=tpu", "run.device must be auto, cpu, cuda or cuda:N"),
         ("run.threads=-1", "run.threads must be >= 0"),
         ("run.seed=4294967296", "run.seed must be in \\[0, 2147483647\\]"),
@@ -260,6 +263,9 @@ def test_schedules() -> None:
     cosine = [lr_factor(s, "cosine", 10, total) for s in range(total)]
     assert cosine[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
     assert all(a >= b for a, b in itertools.pairwise(cosine[9:])) and cosine[-1] < 0.01
+    linear = [lr_factor(s, "linear", 10, total, min_ratio=0.1) for s in range(total)]
+    assert linear[:10] == cosine[:10]
+    assert linear[10:] == pytest.approx([0.1 + 0.9 * (1 - (s - 9) / 91) for s in range(10, total)])
     onecycle = [lr_factor(s, "onecycle", 10, total) for s in range(total)]
     assert onecycle[0] == pytest.approx(0.04) and max(onecycle) == pytest.approx(1.0)
     assert onecycle[-1] < 1e-3

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 LOSSES = ("mse", "mse+l1", "bce")
-SCHEDULES = ("cosine", "onecycle", "constant")
+SCHEDULES = ("cosine", "linear", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NONFINITE = ("stop", "skip")
 _MAX_INT = 2**31 - 1  # seeds and sample counts (numpy's legacy seeding takes 32 bits)
@@ -103,11 +103,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW, a learning-rate schedule over ``epochs * steps_per_epoch`` steps (``max_steps``
-    caps it), gradient clipping, the loss and scheduled sampling.
+    """AdamW (``betas``: its moment decays), a learning-rate schedule over
+    ``epochs * steps_per_epoch`` steps (``max_steps`` caps it), gradient clipping, the loss and
+    scheduled sampling.
 
     ``schedule``: ``cosine`` (linear warm-up over ``warmup_steps``, then cosine decay to
-    ``lr * min_lr_ratio``), ``onecycle`` (:class:`torch.optim.lr_scheduler.OneCycleLR`'s shape)
+    ``lr * min_lr_ratio``), ``linear`` (the same warm-up, then a straight line down to it),
+    ``onecycle`` (:class:`torch.optim.lr_scheduler.OneCycleLR`'s shape)
     or ``constant`` (after warm-up). ``loss``: ``mse``, ``mse+l1`` or ``bce`` (pixels in [0, 1]).
     Scheduled sampling feeds the forecaster the ground truth with a probability that decays
     linearly from ``teacher_forcing`` to 0 over ``teacher_forcing_steps`` steps (0: off).
@@ -116,6 +118,7 @@ class OptimConfig:
     """
 
     lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     batch_size: int = 16
     epochs: int = 10
@@ -464,6 +467,12 @@ def validate_config(config: Config) -> Config:
         value = getattr(data, name)
         _require(0 <= value <= _MAX_INT, f"data.{name}", f"must be in [0, {_MAX_INT}]", value)
     _require(optim.lr > 0, "optim.lr", "must be > 0", optim.lr)
+    _require(
+        len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+        "optim.betas",
+        "must be two numbers in [0, 1) (AdamW's moment decays)",
+        optim.betas,
+    )
     _require(optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", optim.weight_decay)
     _require(optim.batch_size >= 1, "optim.batch_size", "must be >= 1", optim.batch_size)
     _require(optim.epochs >= 1, "optim.epochs", "must be >= 1", optim.epochs)

@@ -66,6 +66,9 @@ class EncoderForecaster(nn.Module):
         readout: ``"concat"`` maps the hidden states of all forecaster layers, concatenated, to a
             frame (as in the paper); ``"top"`` uses the top layer only.
         readout_kernel: kernel of the readout convolution (odd: 1 or 3).
+        readout_hidden: ``0`` maps hidden states to a frame with one convolution; ``N > 0``
+            with that convolution to ``N`` channels, GELU and a 1x1 convolution to the frame's
+            channels (a small per-patch decoder: sharper frames for large patches).
         residual: predict the difference from the previous frame instead of the frame.
         output_activation: ``"sigmoid"`` for data in [0, 1], ``"identity"`` for unbounded data
             (required by ``residual=True``, whose sum of frame and change is not squashed).
@@ -103,6 +106,7 @@ class EncoderForecaster(nn.Module):
         patch_size: int = 4,
         readout: str = "concat",
         readout_kernel: int = 1,
+        readout_hidden: int = 0,
         residual: bool = False,
         output_activation: str = "sigmoid",
         norm: str | None = None,
@@ -128,6 +132,14 @@ class EncoderForecaster(nn.Module):
         check_positive(readout_kernel, "readout_kernel")
         if readout_kernel % 2 == 0:
             raise ValueError(f"readout_kernel must be odd, got {readout_kernel}")
+        if (
+            isinstance(readout_hidden, bool)
+            or not isinstance(readout_hidden, int)
+            or readout_hidden < 0
+        ):
+            raise ValueError(
+                f"readout_hidden must be an int >= 0 (0: one convolution), got {readout_hidden!r}"
+            )
         check_choice(output_activation, list(OUTPUT_ACTIVATIONS), "output_activation")
         if residual and output_activation != "identity":
             raise ValueError(
@@ -142,7 +154,7 @@ class EncoderForecaster(nn.Module):
         self.encoder = ConvLSTM2d(channels, hidden, kernels, **stack)
         self.forecaster = None if shared else ConvLSTM2d(channels, hidden, kernels, **stack)
         readout_in = sum(hidden) if readout == "concat" else hidden[-1]
-        self.readout = nn.Conv2d(readout_in, channels, readout_kernel, padding=readout_kernel // 2)
+        self.readout = _readout(readout_in, channels, readout_kernel, readout_hidden)
         self.config: dict[str, Any] = dict(
             in_channels=in_channels,
             hidden_channels=hidden,
@@ -150,6 +162,7 @@ class EncoderForecaster(nn.Module):
             patch_size=patch_size,
             readout=readout,
             readout_kernel=readout_kernel,
+            readout_hidden=readout_hidden,
             residual=self.residual,
             output_activation=output_activation,
             norm=norm,
@@ -267,6 +280,18 @@ class EncoderForecaster(nn.Module):
         return torch.where(take.view(-1, 1, 1, 1), truth.to(prediction.dtype), prediction)
 
 
+def _readout(channels: int, frame_channels: int, kernel: int, hidden: int) -> nn.Module:
+    """Hidden states ``(N, channels, h, w)`` -> patched frames ``(N, frame_channels, h, w)``."""
+    padding = kernel // 2
+    if not hidden:
+        return nn.Conv2d(channels, frame_channels, kernel, padding=padding)
+    return nn.Sequential(
+        nn.Conv2d(channels, hidden, kernel, padding=padding),
+        nn.GELU(),
+        nn.Conv2d(hidden, frame_channels, 1),
+    )
+
+
 MODEL_PARAMETERS: dict[str, Any] = {
     name: hint
     for name, hint in typing.get_type_hints(EncoderForecaster.__init__).items()
@@ -281,6 +306,7 @@ _DEFAULTS: dict[str, Any] = dict(
     patch_size=4,
     readout="concat",
     readout_kernel=1,
+    readout_hidden=0,
     residual=False,
     output_activation="sigmoid",
     norm=None,

@@ -1,6 +1,6 @@
-"""Training loop: AdamW with warm-up and cosine (or one-cycle) schedule, gradient clipping, bf16
-autocast, scheduled sampling, early stopping, a wall-clock budget, checkpoints, resume, signals and
-DistributedDataParallel under ``torchrun``.
+"""Training loop: AdamW with warm-up and a cosine, linear or one-cycle schedule, gradient
+clipping, bf16 autocast, scheduled sampling, early stopping, a wall-clock budget, checkpoints,
+resume, signals and DistributedDataParallel under ``torchrun``.
 
 Run folder written by :func:`train` (only rank 0 writes)::
 
@@ -174,6 +174,8 @@ def lr_factor(step: int, kind: str, warmup: int, total: int, min_ratio: float = 
 
     >>> [round(lr_factor(s, "cosine", 2, 6), 2) for s in range(6)]
     [0.5, 1.0, 0.9, 0.65, 0.35, 0.1]
+    >>> [round(lr_factor(s, "linear", 2, 6), 2) for s in range(6)]
+    [0.5, 1.0, 0.8, 0.6, 0.4, 0.2]
     >>> round(lr_factor(0, "onecycle", 2, 6), 2), lr_factor(1, "onecycle", 2, 6)
     (0.04, 1.0)
     """
@@ -189,6 +191,8 @@ def lr_factor(step: int, kind: str, warmup: int, total: int, min_ratio: float = 
     if kind == "constant":
         return 1.0
     progress = min((step - warmup + 1) / (max(total - warmup, 0) + 1), 1.0)
+    if kind == "linear":
+        return min_ratio + (1 - min_ratio) * (1 - progress)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -455,7 +459,10 @@ class _Trainer:
         if config.run.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+            self.model.parameters(),
+            lr=config.optim.lr,
+            betas=tuple(config.optim.betas),
+            weight_decay=config.optim.weight_decay,
         )
         self.schedule = _Schedule(
             config.optim.schedule, config.optim.warmup_steps, planned, config.optim.min_lr_ratio
