@@ -316,11 +316,19 @@ _DEFAULTS: dict[str, Any] = dict(
 
 _MODELS: dict[str, dict[str, Any]] = {
     # The CPU default (configs/moving_mnist.toml gives its training recipe): 2 layers of 32
-    # channels, 3x3 kernels on 8x8 patches (an 8x8 grid of 64 channels), a 3x3 readout of the
-    # top layer. Small and cheap per step: within the main job's CPU budget more steps beat
-    # more channels, and 8x8 patches learn nearly as much per step as 4x4 at a quarter the cost.
+    # channels, 3x3 kernels on 8x8 patches (an 8x8 grid of 64 channels), a readout of the top
+    # layer through 128 hidden channels (3x3 conv, GELU, 1x1 conv). Small and cheap per step:
+    # within the main job's CPU budget more steps beat more channels, and 8x8 patches learn
+    # nearly as much per step as 4x4 at a quarter the cost. The readout's hidden layer decodes
+    # the 8x8 pixels of a patch: validation MSE 111.3 against 114.0 after 2,048 steps, for 13%
+    # more time per step.
     "moving_mnist": dict(
-        hidden_channels=[32, 32], kernel_size=3, patch_size=8, readout="top", readout_kernel=3
+        hidden_channels=[32, 32],
+        kernel_size=3,
+        patch_size=8,
+        readout="top",
+        readout_kernel=3,
+        readout_hidden=128,
     ),
     # OpenSTL's ConvLSTM setting for Moving MNIST (GPU): 4 layers of 128 channels, 5x5
     # kernels, 4x4 patches; trained with scheduled sampling (configs/moving_mnist_large.toml).
