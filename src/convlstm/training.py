@@ -461,7 +461,7 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.optim.lr,
-            betas=tuple(config.optim.betas),
+            betas=(config.optim.betas[0], config.optim.betas[1]),
             weight_decay=config.optim.weight_decay,
         )
         self.schedule = _Schedule(
