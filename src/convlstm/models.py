@@ -65,10 +65,10 @@ class EncoderForecaster(nn.Module):
         patch_size: space-to-depth factor ``p``; ``H`` and ``W`` must be multiples of it.
         readout: ``"concat"`` maps the hidden states of all forecaster layers, concatenated, to a
             frame (as in the paper); ``"top"`` uses the top layer only.
-        readout_kernel: kernel of the readout convolution (odd: 1 or 3).
+        readout_kernel: kernel of the readout's first convolution (odd: 1 or 3).
         readout_hidden: ``0`` maps hidden states to a frame with one convolution; ``N > 0``
             with that convolution to ``N`` channels, GELU and a 1x1 convolution to the frame's
-            channels (a small per-patch decoder: sharper frames for large patches).
+            channels (a small decoder of each patch's pixels).
         residual: predict the difference from the previous frame instead of the frame.
         output_activation: ``"sigmoid"`` for data in [0, 1], ``"identity"`` for unbounded data
             (required by ``residual=True``, whose sum of frame and change is not squashed).
