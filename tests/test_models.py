@@ -89,7 +89,7 @@ def test_input_checks_name_the_problem() -> None:
         model(torch.rand(3, 1, 8, 8), 2)
     with pytest.raises(ValueError, match="kernel_size must be an int or one per layer"):
         tiny(kernel_size=[3])
-    with pytest.raises(ValueError, match="readout_hidden must be an int >= 0"):
+    with pytest.raises(ValueError, match="readout_hidden must be an integer >= 0"):
         tiny(readout_hidden=-2)
 
 

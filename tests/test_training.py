@@ -169,7 +169,7 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("optim.schedule=step", "optim.schedule must be one of"),
         ("optim.betas=[0.9]", r"optim.betas must be two numbers in \[0, 1\)"),
         ("optim.betas=[0.9, 1.0]", r"optim.betas must be two numbers in \[0, 1\)"),
-        ("model.readout_hidden=-1", "model.readout_hidden must be an int >= 0"),
+        ("model.readout_hidden=-1", "model.readout_hidden must be an integer >= 0"),
         ("run.device=tpu", "run.device must be auto, cpu, cuda or cuda:N"),
         ("run.threads=-1", "run.threads must be >= 0"),
         ("run.seed=4294967296", "run.seed must be in \\[0, 2147483647\\]"),

@@ -3,6 +3,7 @@ what was received."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -16,6 +17,17 @@ def check_positive(value: object, name: str) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be greater than zero, got {value}")
     return value
+
+
+def check_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` after checking it is an integer ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return int(value)
 
 
 def check_choice(value: T, choices: Sequence[object], name: str) -> T:

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convlstm._checks import check_choice, check_positive
+from convlstm._checks import check_choice, check_int, check_positive
 from convlstm.layers import ConvLSTM2d
 
 __all__ = [
@@ -132,14 +132,7 @@ class EncoderForecaster(nn.Module):
         check_positive(readout_kernel, "readout_kernel")
         if readout_kernel % 2 == 0:
             raise ValueError(f"readout_kernel must be odd, got {readout_kernel}")
-        if (
-            isinstance(readout_hidden, bool)
-            or not isinstance(readout_hidden, int)
-            or readout_hidden < 0
-        ):
-            raise ValueError(
-                f"readout_hidden must be an int >= 0 (0: one convolution), got {readout_hidden!r}"
-            )
+        check_int(readout_hidden, "readout_hidden", minimum=0)
         check_choice(output_activation, list(OUTPUT_ACTIVATIONS), "output_activation")
         if residual and output_activation != "identity":
             raise ValueError(

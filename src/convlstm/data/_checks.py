@@ -12,19 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from convlstm._checks import check_int
+
 #: Largest float32 sample (inputs and targets together) a dataset agrees to build: 1 GiB.
 MAX_SAMPLE_BYTES = 1 << 30
-
-
-def check_int(value: object, name: str, *, minimum: int = 1) -> int:
-    """Return ``value`` as an ``int`` after checking it is an integer ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})"
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_float(
