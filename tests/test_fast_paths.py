@@ -77,11 +77,14 @@ def test_fused_gates_only_overwrite_when_asked():
         {"reverse": True, "state": True, "peephole": "channel"},
         {"mask": True, "state": True, "peephole": "spatial", "stride": 2},
         {"mask": True, "reverse": True, "steps": 1, "state": True},
+        {"recompute": True, "chunks": 1, "peephole": "spatial"},
+        {"recompute": True, "steps": 5, "state": True, "peephole": "channel"},
+        {"recompute": True, "steps": 5, "reverse": True, "mask": True, "state": True},
     ],
 )
 def test_whole_layer_node_gradcheck(options, monkeypatch):
     """The layer-as-one-node (:mod:`convlstm._recurrence`) by finite differences, with gradient
-    chunks of one step and of several."""
+    chunks of one step and of several, saving the gate activations or recomputing them."""
     monkeypatch.setattr(_recurrence, "CHUNKS", options.get("chunks", 2))
     torch.manual_seed(1)
     steps, batch, cin, channels, stride = options.get("steps", 3), 2, 2, 2, options.get("stride", 1)
@@ -106,7 +109,10 @@ def test_whole_layer_node_gradcheck(options, monkeypatch):
         weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
         conv = torch.nn.functional.conv2d
         reverse = options.get("reverse", False)
-        return recurrence(frames, st, weights, mask, steps, conv, geometry, (1, 1), reverse)
+        recompute = options.get("recompute", False)
+        return recurrence(
+            frames, st, weights, mask, steps, conv, geometry, (1, 1), reverse, recompute
+        )
 
     inputs = (frames, w_ih, bias, w_hh, *peepholes, *state)
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
@@ -159,6 +165,15 @@ LAYERS = {
     "2d_norm": dict(dims=2, norm="layer"),
     "2d_checkpointed": dict(dims=2, checkpoint_steps=True, state=True, peephole="channel"),
     "2d_checkpointed_repeated": dict(dims=2, checkpoint_steps=True, steps_mode=True),
+    "2d_checkpointed_bidirectional_dropout": dict(
+        dims=2,
+        checkpoint_steps=True,
+        bidirectional=True,
+        recurrent_dropout=0.3,
+        state=True,
+        peephole="spatial",
+    ),
+    "3d_checkpointed_norm": dict(dims=3, checkpoint_steps=True, norm="layer"),
 }
 
 
@@ -241,22 +256,42 @@ def test_float32_and_bf16_autocast_fast_paths():
 
 def test_fused_loop_keeps_less_memory_and_checkpointing_even_less():
     x = torch.randn(4, 8, 4, 16, 16)
+    output_mb = x[:, :, :1].numel() * 16 * 4 / 2**20  # one layer's h at every step
     memory = {}
-    for name, context, options in [
-        ("plain", fast.plain, {}),
-        ("fused", fast.settings, {}),
-        ("checkpointed", fast.settings, {"checkpoint_steps": True}),
+    for name, options, fast_options in [
+        ("plain", {}, None),
+        ("fused", {}, {}),
+        ("checkpointed", {"checkpoint_steps": True}, {}),
+        ("checkpointed_per_step", {"checkpoint_steps": True}, {"fused_loop": False}),
     ]:
         torch.manual_seed(0)
         layer = ConvLSTM2d(4, [16, 16], 3, **options)
-        with context():
+        with fast.plain() if fast_options is None else fast.settings(**fast_options):
             memory[name] = memory_mb(
                 lambda layer=layer: layer(x)[0], lambda out: out.sum().backward(), x.device
             )
-    # Saved per layer and step, in state tensors: plain 8, fused 6, checkpointed 3.
+    # Saved per layer and step, in state tensors: plain 8, fused 6, checkpointed per step 3,
+    # checkpointed as one node 1 (h, the output) and one c per chunk of about sqrt(T) steps.
     assert memory["fused"]["after_forward"] < 0.92 * memory["plain"]["after_forward"]
     assert memory["fused"]["peak"] < 0.95 * memory["plain"]["peak"]
-    assert memory["checkpointed"]["after_forward"] < 0.55 * memory["fused"]["after_forward"]
+    after_forward = {k: v["after_forward"] / output_mb for k, v in memory.items()}
+    assert after_forward["checkpointed_per_step"] < 0.55 * after_forward["fused"]
+    assert after_forward["checkpointed"] < 3.2  # two layers' outputs (2) and a few states
+    assert memory["checkpointed"]["peak"] < 0.7 * memory["fused"]["peak"]
+
+
+@pytest.mark.parametrize("checkpoint_steps", [False, True])
+def test_whole_layer_node_backward_twice(checkpoint_steps):
+    """Backward leaves what it saved untouched: a second pass (``retain_graph=True``) gives the
+    same gradients."""
+    layer = ConvLSTM2d(3, [4, 4], 3, peephole="channel", checkpoint_steps=checkpoint_steps)
+    x = torch.randn(2, 5, 3, 6, 6, requires_grad=True)
+    output, _ = layer(x)
+    loss = output.square().sum()
+    first = torch.autograd.grad(loss, [x, *layer.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *layer.parameters()])
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_compile_layer_matches_eager_on_cpu():

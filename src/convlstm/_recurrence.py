@@ -13,6 +13,14 @@ buffers (the output is one of them) and the activations over the input convoluti
 saves just those and its input. Its backward walks back through time and, every ``chunk`` steps,
 hands that chunk's gate gradients to the input convolution's and the recurrent kernel's weight
 gradients (one batched call each), so the gate gradients of only ``chunk`` steps exist at once.
+With ``recompute=True`` (the layer's ``checkpoint_steps``) it saves only its input, ``h`` (the
+output, held anyway) and ``c`` where each chunk of steps begins; chunks are then about
+``sqrt(T)`` steps long. Backward then recomputes a
+chunk's gate activations and cell states before walking back through it: one batched input and
+one batched recurrent convolution over the chunk (every ``h`` they read is saved), then the gate
+arithmetic step by step from the chunk's first ``c``. That is one more forward pass of the
+convolutions, batched over the chunk, for no saved gate tensor.
+
 Saved tensors are never modified: backward may run twice (``retain_graph=True``). Values and
 gradients equal per-step autograd's up to rounding (``tests/test_fast_paths.py``).
 """
@@ -20,7 +28,7 @@ gradients equal per-step autograd's up to rounding (``tests/test_fast_paths.py``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -65,35 +73,116 @@ def _add_recurrent_conv(
         pre.add_(conv(h, w_hh, None, 1, padding))
 
 
-def _forward(
-    gates: Tensor,
-    h0: Tensor | None,
-    c0: Tensor | None,
+def _run_steps(
+    times: list[int],
+    pre: Tensor,
+    state: tuple[Tensor | None, Tensor | None],
     weights: tuple[Tensor, Tensor | None, Tensor | None, Tensor | None],
+    h_mask: Tensor | None,
+    conv: Conv,
+    padding: tuple[int, ...],
+    h_out: Sequence[Tensor],
+    c_out: Tensor,
+) -> tuple[Tensor | None, Tensor | None]:
+    """Run the consecutive steps ``times``, in that order, from ``state`` ``(h, c)``.
+
+    With ``low = min(times)``, step ``t`` adds the recurrent convolution to its pre-activations
+    ``pre[t - low]`` ``(B, 4C, *S')``, overwrites them with the activations and writes its ``h``
+    and ``c`` into ``h_out[t - low]`` and ``c_out[t - low]``. Returns the last ``(h, c)``.
+    """
+    w_hh, w_ci, w_cf, w_co = weights
+    low = min(times)
+    h, c = state
+    for t in times:
+        step = pre[t - low]
+        if h is not None:
+            _add_recurrent_conv(step, h if h_mask is None else h * h_mask, w_hh, conv, padding)
+        h, c = _gates.activate(
+            step, c, w_ci, w_cf, w_co, h_out=h_out[t - low], c_out=c_out[t - low]
+        )
+    return h, c
+
+
+def _forward(
+    frames: Tensor,
+    state: tuple[Tensor | None, Tensor | None],
+    weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None],
     h_mask: Tensor | None,
     steps: int,
     conv: Conv,
-    padding: tuple[int, ...],
+    ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+    hh_padding: tuple[int, ...],
     reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """Run the loop, overwriting ``gates`` ``(N, 4C, *S')`` with the activations; returns the
-    buffers ``h`` and ``c``, each ``(N, C, *S')`` in ``gates``' memory format."""
-    w_hh, w_ci, w_cf, w_co = weights
-    channels = w_hh.shape[1]
-    hs = torch.empty_like(gates[:, :channels])  # keeps the memory format of the frames
-    cs = torch.empty_like(hs)
-    g, h_steps, c_steps = (t.unflatten(0, (steps, -1)) for t in (gates, hs, cs))
-    h, c = h0, c0
-    for t in _order(steps, reverse):
-        pre = g[t]
-        if h is not None:
-            _add_recurrent_conv(pre, h if h_mask is None else h * h_mask, w_hh, conv, padding)
-        h, c = _gates.activate(pre, c, w_ci, w_cf, w_co, h_out=h_steps[t], c_out=c_steps[t])
-    return hs, cs
+    recompute: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """The layer's forward pass: ``(hs, cs, act, c_last)``.
+
+    ``hs`` ``(N, C, *S')`` holds ``h`` of every step (the output), ``c_last`` ``(B, C, *S')`` the
+    final ``c``. Without ``recompute``, ``act`` ``(N, 4C, *S')`` holds every step's activations
+    and ``cs`` ``(N, C, *S')`` every ``c``. With it, the input convolution runs a chunk of steps
+    at a time, ``act`` is ``None`` and ``cs`` ``(len(groups) - 1, B, C, *S')`` holds the ``c``
+    entering each chunk of :func:`_groups` but the last (which starts from the initial state).
+    """
+    w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
+    hh = (w_hh, w_ci, w_cf, w_co)
+    channels, batch = w_hh.shape[1], frames.shape[0] // steps
+    if not recompute:
+        act = conv(frames, w_ih, bias, *ih_geometry)
+        hs = _empty_like(act, act.shape[0], channels)
+        cs = torch.empty_like(hs)
+        h_steps, c_steps = hs.unflatten(0, (steps, -1)), cs.unflatten(0, (steps, -1))
+        pre = act.unflatten(0, (steps, -1))
+        times = _order(steps, reverse)
+        _, c = _run_steps(times, pre, state, hh, h_mask, conv, hh_padding, h_steps, c_steps)
+        assert c is not None
+        return hs, cs, act, c.clone()
+    x_steps = frames.unflatten(0, (steps, -1))
+    runs = _groups(steps, reverse, True)[::-1]  # the chunks in the order they run
+    pre = _chunk_input(runs[0], x_steps, w_ih, bias, conv, ih_geometry)
+    hs = _empty_like(pre[0], steps * batch, channels)
+    h_steps = hs.unflatten(0, (steps, -1))
+    cs = torch.empty_like(h_steps[: len(runs) - 1])
+    h, c = state
+    for index, group in enumerate(runs):
+        if index:
+            assert c is not None
+            cs[-index].copy_(c)  # cs[slot] for groups[slot], this chunk
+            pre = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
+        low, count = min(group), len(group)
+        times = sorted(group, reverse=reverse)
+        c_chunk = torch.empty_like(h_steps[:count])
+        h_chunk = h_steps[low : low + count]
+        h, c = _run_steps(times, pre, (h, c), hh, h_mask, conv, hh_padding, h_chunk, c_chunk)
+    assert c is not None
+    return hs, cs, None, c.clone()
+
+
+def _chunk_input(
+    group: list[int],
+    x_steps: Tensor,
+    w_ih: Tensor,
+    bias: Tensor | None,
+    conv: Conv,
+    ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+) -> Tensor:
+    """The input convolution of the consecutive steps ``group`` of ``x_steps`` ``(T, B, C_in, *S)``,
+    in time order: ``(len(group), B, 4C, *S')``."""
+    rows = x_steps[min(group) : max(group) + 1]
+    return conv(rows.flatten(0, 1), w_ih, bias, *ih_geometry).unflatten(0, rows.shape[:2])
+
+
+def _groups(steps: int, reverse: bool, recompute: bool) -> list[list[int]]:
+    """The chunks of consecutive steps that backward takes in turn, each listed in backward
+    order (the last step run first): ``CHUNKS`` chunks, or chunks of ``ceil(sqrt(steps))`` steps
+    if it recomputes them (keeping one ``c`` per chunk and one chunk's gates at a time)."""
+    chunk = math.isqrt(steps - 1) + 1 if recompute else math.ceil(steps / CHUNKS)
+    backward_order = _order(steps, reverse)[::-1]
+    return [backward_order[start : start + chunk] for start in range(0, steps, chunk)]
 
 
 class Recurrence(torch.autograd.Function):
-    """Autograd node of :func:`recurrence`; saves the input, the activations, ``h`` and ``c``."""
+    """Autograd node of :func:`recurrence`; saves the input, ``h`` and either the activations and
+    every ``c`` or (``recompute``) the ``c`` entering each chunk of steps."""
 
     @staticmethod
     def forward(
@@ -113,33 +202,28 @@ class Recurrence(torch.autograd.Function):
         ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
         hh_padding: tuple[int, ...],
         reverse: bool,
+        recompute: bool,
     ) -> tuple[Tensor, Tensor]:
-        gates = conv(frames, w_ih, bias, *ih_geometry)
-        weights = (w_hh, w_ci, w_cf, w_co)
-        hs, cs = _forward(gates, h0, c0, weights, h_mask, steps, conv, hh_padding, reverse)
-        c_last = cs.unflatten(0, (steps, -1))[_order(steps, reverse)[-1]].clone()
+        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
+        options = (steps, conv, ih_geometry, hh_padding, reverse, recompute)
+        hs, cs, act, c_last = _forward(frames, (h0, c0), weights, h_mask, *options)
         ctx.set_materialize_grads(False)
-        saved = (frames, w_ih, bias, gates, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
+        saved = (frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
         ctx.save_for_backward(*saved)
-        ctx.steps, ctx.ih_geometry, ctx.hh_padding, ctx.reverse = (
-            steps,
-            ih_geometry,
-            hh_padding,
-            reverse,
-        )
+        ctx.options = options
         return hs, c_last
 
     @staticmethod
     def backward(ctx, d_hs: Tensor | None, d_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
         frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask = ctx.saved_tensors
-        steps, reverse = ctx.steps, ctx.reverse
+        steps, conv, ih_geometry, hh_padding, reverse, recompute = ctx.options
         need = ctx.needs_input_grad
         dims = w_hh.dim() - 2
-        hh = ([1] * dims, list(ctx.hh_padding), [1] * dims, False, [0] * dims, 1)
-        stride, padding, dilation = (list(v) for v in ctx.ih_geometry)
+        hh = ([1] * dims, list(hh_padding), [1] * dims, False, [0] * dims, 1)
+        stride, padding, dilation = (list(v) for v in ih_geometry)
         ih = (stride, padding, dilation, False, [0] * dims, 1)
-        batch = act.shape[0] // steps
-        a, h_steps, c_steps = (t.unflatten(0, (steps, -1)) for t in (act, hs, cs))
+        batch = frames.shape[0] // steps
+        h_steps = hs.unflatten(0, (steps, -1))
         d_h_steps = None if d_hs is None else d_hs.unflatten(0, (steps, -1))
         peepholes = (w_ci, w_cf, w_co)
         grads: dict[str, Tensor | None] = dict.fromkeys(
@@ -147,48 +231,63 @@ class Recurrence(torch.autograd.Function):
         )
         if need[0]:
             grads["x"] = torch.empty_like(frames)
-        chunk = math.ceil(steps / CHUNKS)
-        d_chunk = torch.empty_like(act[: chunk * batch]).unflatten(0, (chunk, batch))
+        groups = _groups(steps, reverse, recompute)
+        chunk = len(groups[0])
+        d_chunk = _empty_like(hs, chunk * batch, 4 * w_hh.shape[1]).unflatten(0, (chunk, batch))
+        if recompute:
+            x_steps, scratch = frames.unflatten(0, (steps, -1)), [torch.empty_like(h_steps[0])]
+        else:
+            a_steps, c_all = act.unflatten(0, (steps, -1)), cs.unflatten(0, (steps, -1))
         order = _order(steps, reverse)
-        backward_order = order[::-1]
-        # Chunks of consecutive steps in backward order; a step's slot in d_chunk is its time
-        # index minus the chunk's first time index, so each chunk's slots are in time order.
-        lows = {}
-        for start in range(0, steps, chunk):
-            group = backward_order[start : start + chunk]
-            lows.update(dict.fromkeys(group, min(group)))
-        pending: list[int] = []  # steps whose gate gradients wait in d_chunk
+        position = {t: k for k, t in enumerate(order)}
         dh_carry = None
         dc = d_c_last
-        for k in range(steps - 1, -1, -1):
-            t = order[k]
-            prev = order[k - 1] if k else None
-            dh = None if d_h_steps is None else d_h_steps[t]
-            # Keep the gradients in h's memory format even if the loss's gradient is not (a
-            # standard-layout loss on a channels-last output): mixed layouts are slow.
-            if dh_carry is not None:
-                dh = dh_carry if dh is None else dh_carry + dh
-            elif dh is not None and dh.stride() != h_steps[t].stride():
-                dh = torch.empty_like(h_steps[t]).copy_(dh)
-            c_prev = c0 if prev is None else c_steps[prev]
-            d_pre = d_chunk[t - lows[t]]
-            wanted = (prev is not None or need[4], need[6], need[7], need[8])
-            dc, *d_peep = _gates.backward(
-                a[t], c_prev, c_steps[t], dh, dc, peepholes, d_pre, wanted
-            )
-            for name, grad in zip(("ci", "cf", "co"), d_peep, strict=True):
-                _accumulate(grads, name, grad)
-            h_prev = h0 if prev is None else h_steps[prev]
-            dh_carry = None
-            if h_prev is not None and (prev is not None or need[3]):
-                dh_carry = _conv_backward(d_pre, h_prev, w_hh, None, *hh, [True, False, False])[0]
-                if h_mask is not None:
-                    dh_carry.mul_(h_mask)
-            pending.append(t)
-            if len(pending) == chunk or k == 0:
-                _flush(pending, d_chunk, frames, w_ih, bias, hs, h0, h_mask, w_hh, reverse,
-                       grads, need, ih, hh)  # fmt: skip
-                pending = []
+        for slot, group in enumerate(groups):
+            # A step's slot in the chunk's tensors is its time index minus the group's lowest,
+            # so the slots are in time order.
+            low, count = min(group), len(group)
+            before = _entering(group, steps, reverse)
+            if recompute:  # rerun the chunk as the forward pass did
+                h_in = h0 if before is None else h_steps[before]
+                c_in = c0 if before is None else cs[slot]
+                a = c_steps = None  # free the previous chunk's first
+                a = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
+                c_steps = torch.empty_like(h_steps[:count])
+                times = sorted(group, reverse=reverse)
+                weights = (w_hh, *peepholes)
+                _run_steps(times, a, (h_in, c_in), weights, h_mask, conv, hh_padding,
+                           scratch * count, c_steps)  # fmt: skip
+            else:
+                c_in = c0 if before is None else c_all[before]
+                a, c_steps = a_steps[low : low + count], c_all[low : low + count]
+            for t in group:
+                k = position[t]
+                prev = order[k - 1] if k else None
+                dh = None if d_h_steps is None else d_h_steps[t]
+                # Keep the gradients in h's memory format even if the loss's gradient is not (a
+                # standard-layout loss on a channels-last output): mixed layouts are slow.
+                if dh_carry is not None:
+                    dh = dh_carry if dh is None else dh_carry + dh
+                elif dh is not None and dh.stride() != h_steps[t].stride():
+                    dh = torch.empty_like(h_steps[t]).copy_(dh)
+                c_prev = c_steps[prev - low] if prev in group else c_in
+                d_pre = d_chunk[t - low]
+                wanted = (prev is not None or need[4], need[6], need[7], need[8])
+                dc, *d_peep = _gates.backward(
+                    a[t - low], c_prev, c_steps[t - low], dh, dc, peepholes, d_pre, wanted
+                )
+                for name, grad in zip(("ci", "cf", "co"), d_peep, strict=True):
+                    _accumulate(grads, name, grad)
+                h_prev = h0 if prev is None else h_steps[prev]
+                dh_carry = None
+                if h_prev is not None and (prev is not None or need[3]):
+                    dh_carry = _conv_backward(d_pre, h_prev, w_hh, None, *hh, [True, False, False])[
+                        0
+                    ]
+                    if h_mask is not None:
+                        dh_carry.mul_(h_mask)
+            _flush(group, d_chunk, frames, w_ih, bias, hs, h0, h_mask, w_hh, reverse,
+                   grads, need, ih, hh)  # fmt: skip
         return (
             grads["x"],
             grads["w_ih"],
@@ -199,8 +298,23 @@ class Recurrence(torch.autograd.Function):
             grads["ci"],
             grads["cf"],
             grads["co"],
-            *(None,) * 6,
+            *(None,) * 7,
         )
+
+
+def _entering(group: list[int], steps: int, reverse: bool) -> int | None:
+    """The step whose ``c`` the chunk ``group`` starts from, or ``None`` for the initial state."""
+    before = max(group) + 1 if reverse else min(group) - 1
+    return before if 0 <= before < steps else None
+
+
+def _empty_like(t: Tensor, rows: int, channels: int) -> Tensor:
+    """An uninitialised ``(rows, channels, *S)`` tensor with ``t``'s ``(N, C, *S)`` dtype, device
+    and memory format."""
+    shape = (rows, channels, *t.shape[2:])
+    channels_last = t.dim() == 4 and not t.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt)
 
 
 def _accumulate(grads: dict[str, Tensor | None], name: str, value: Tensor | None) -> None:
@@ -272,6 +386,7 @@ def recurrence(
     ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
     hh_padding: tuple[int, ...],
     reverse: bool = False,
+    recompute: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Run a layer over ``steps`` steps; ``reverse`` runs them from the last frame to the first.
 
@@ -284,6 +399,8 @@ def recurrence(
         h_mask: optional ``(B, C, *S')`` recurrent-dropout mask on ``h``.
         conv: ``F.conv1d``, ``F.conv2d`` or ``F.conv3d``.
         ih_geometry: ``(stride, padding, dilation)`` of the input convolution (symmetric padding).
+        recompute: save no gate activations for backward and recompute them there, a chunk of
+            steps at a time.
 
     Returns:
         ``(h, c_last)``: ``h`` of every step ``(N, C, *S')``, time-major, and the final ``c``
@@ -292,9 +409,8 @@ def recurrence(
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
     h0, c0 = state if state is not None else (None, None)
     inputs = (frames, w_ih, bias, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
+    options = (steps, conv, ih_geometry, hh_padding, reverse, recompute)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return Recurrence.apply(*inputs, steps, conv, ih_geometry, hh_padding, reverse)
-    gates = conv(frames, w_ih, bias, *ih_geometry)
-    hh = (w_hh, w_ci, w_cf, w_co)
-    hs, cs = _forward(gates, h0, c0, hh, h_mask, steps, conv, hh_padding, reverse)
-    return hs, cs.unflatten(0, (steps, -1))[0 if reverse else -1]
+        return Recurrence.apply(*inputs, *options)
+    hs, _, _, c_last = _forward(frames, (h0, c0), weights, h_mask, *options[:-1], False)
+    return hs, c_last

@@ -58,10 +58,14 @@ class ConvLSTM(nn.Module):
             unit_forget_bias, norm, norm_groups: as in :class:`~convlstm.cells.ConvLSTMCell`, for
             every layer.
         spatial_size: spatial size ``*S`` of the input frames; required by ``peephole="spatial"``.
-        checkpoint_steps: in training, keep only each step's input state for backward and
-            recompute the step's activations there (:func:`torch.utils.checkpoint.checkpoint`):
-            activation memory grows by about three state-sized tensors per step (``h``, ``c``,
-            the output) instead of about six, for one more forward pass of compute.
+        checkpoint_steps: in training, save no gate activations for backward and recompute
+            them there, for one more forward pass of the convolutions. Where a layer runs as
+            one autograd node (:mod:`convlstm._recurrence`: sigmoid/tanh gates, no ``norm``,
+            odd kernels, no ``lengths``), it keeps only the output ``h`` and the ``c`` where
+            each quarter of the sequence begins, and recomputes a quarter at a time with batched
+            convolutions: about one state-sized tensor per step instead of six. Otherwise each
+            step is a :func:`torch.utils.checkpoint.checkpoint` that keeps its input state and
+            output: about three per step.
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
@@ -339,9 +343,8 @@ class ConvLSTM(nn.Module):
             h_mask = _to_channels_last(h_mask) if channels_last else h_mask
         checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
         joint = not repeated and _plan.use_joint_conv(cell, frame, steps)
-        if not (repeated or checkpointed or joint) and valid is None:
-            if _plan.use_fused_loop(cell, frame):
-                return _run_fused_loop(cell, x, state, h_mask, reverse, channels_last)
+        if not (repeated or joint) and valid is None and _plan.use_fused_loop(cell, frame):
+            return _run_fused_loop(cell, x, state, h_mask, reverse, channels_last, checkpointed)
         order = None
         times = range(steps)
         if reverse and valid is None:
@@ -449,10 +452,11 @@ def _run_fused_loop(
     h_mask: Tensor | None,
     reverse: bool,
     channels_last: bool,
+    recompute: bool,
 ) -> tuple[Tensor, State]:
     """:meth:`ConvLSTM._run` as one autograd node per layer (:mod:`convlstm._recurrence`):
     ``x`` ``(B, T, C, *S)`` -> ``output (B, T, C_h, *S')`` (a view of time-major memory) and the
-    final ``(h, c)``."""
+    final ``(h, c)``; ``recompute`` recomputes the gates in backward instead of saving them."""
     batch, steps = x.shape[:2]
     frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
     frames = _to_channels_last(frames) if channels_last else frames
@@ -466,8 +470,9 @@ def _run_fused_loop(
     )
     geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
     hs, c_last = recurrence(
-        frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse
-    )
+        frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse,
+        recompute,
+    )  # fmt: skip
     out = hs.unflatten(0, (steps, batch)).transpose(0, 1)
     return out, (out[:, 0 if reverse else -1], c_last)
 
