@@ -207,8 +207,9 @@ def _case(spec, in_channels):
 @pytest.mark.parametrize("mode", sorted(FAST_MODES))
 @pytest.mark.parametrize("case", sorted(LAYERS))
 def test_layer_fast_paths_equal_plain(case, mode):
-    # 1: the joint convolution's domain on CPU; 5: the whole-layer node's
-    for in_channels in (1, 5) if mode == "default" else (5,):
+    # 1: the joint convolution's domain on CPU, and channels-last strides forced on one channel;
+    # 5: the whole-layer node's
+    for in_channels in (1, 5) if mode in ("default", "channels_last") else (5,):
         layer, x, state, kwargs = _case(LAYERS[case], in_channels)
         checkpointed, layer.checkpoint_steps = layer.checkpoint_steps, False
         torch.manual_seed(2)  # the recurrent-dropout mask
@@ -219,6 +220,20 @@ def test_layer_fast_paths_equal_plain(case, mode):
         with fast.settings(**FAST_MODES[mode]):
             got = _outputs_and_grads(layer, x, state, **kwargs)
         _assert_same(got, want)
+
+
+def test_one_channel_frames_get_channels_last_strides():
+    """A one-channel tensor is both layouts; convolutions follow its strides, so the plan gives it
+    channels-last ones (a view) and the convolution's output comes out channels-last."""
+    x = torch.randn(3, 1, 5, 6, requires_grad=True)
+    y = _plan.to_channels_last(x)
+    assert y.stride(1) == 1 and y.data_ptr() == x.data_ptr() and torch.equal(y, x)
+    out = torch.nn.functional.conv2d(y, torch.randn(8, 1, 3, 3), padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    z = torch.randn(3, 4, 5, 6)
+    assert _plan.to_channels_last(z).is_contiguous(memory_format=torch.channels_last)
 
 
 def test_cell_fast_path_equals_plain():

@@ -21,6 +21,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from convlstm import _plan
 from convlstm.cells import ConvLSTMCell
 from convlstm.layers import ConvLSTM
 
@@ -144,7 +145,7 @@ class FloorConvs(nn.Module):
         batch, steps = x.shape[:2]
         cl = torch.channels_last
         for cell in cast("Sequence[ConvLSTMCell]", self.layer.cells):
-            conv = cell.input_conv(x.flatten(0, 1).contiguous(memory_format=cl))
+            conv = cell.input_conv(_plan.to_channels_last(x.flatten(0, 1)))
             gates = conv.view(batch, steps, *conv.shape[1:]).unbind(1)
             channels = cell.hidden_channels
             h = gates[0][:, :channels].contiguous(memory_format=cl)

@@ -9,17 +9,18 @@ Per-step autograd keeps, for every step, the recurrent convolution's input, the 
 the cell state and a copy of ``h`` in the stacked output; its backward then holds the gradient of
 all gate pre-activations twice (per step, then stacked for the input convolution) next to what is
 still saved. :class:`Recurrence` writes ``h`` and ``c`` straight into two ``(N, C, *S')``
-buffers (the output is one of them) and the activations over the input convolution's output, and
-saves just those and its input. Its backward walks back through time and, every ``chunk`` steps,
-hands that chunk's gate gradients to the input convolution's and the recurrent kernel's weight
-gradients (one batched call each), so the gate gradients of only ``chunk`` steps exist at once.
-With ``recompute=True`` (the layer's ``checkpoint_steps``) it saves only its input, ``h`` (the
-output, held anyway) and ``c`` where each chunk of steps begins; chunks are then about
-``sqrt(T)`` steps long. Backward then recomputes a
-chunk's gate activations and cell states before walking back through it: one batched input and
-one batched recurrent convolution over the chunk (every ``h`` they read is saved), then the gate
-arithmetic step by step from the chunk's first ``c``. That is one more forward pass of the
-convolutions, batched over the chunk, for no saved gate tensor.
+buffers (the output is one of them) and the activations over the input convolution's output. It
+saves its input, the activations, ``h`` and only the ``c`` where each chunk of steps begins: its
+backward walks back through time a chunk at a time, replays the chunk's ``c`` from those
+(``c' = f∘c + i∘g``, the forward pass's own operations, so the same values) and hands the chunk's
+gate gradients to the input convolution's and the recurrent kernel's weight gradients (one batched
+call each), so the gate gradients of only one chunk exist at once.
+
+With ``recompute=True`` (the layer's ``checkpoint_steps``) it saves no activations either, only
+its input, ``h`` (the output, held anyway) and the chunks' first ``c``, and the chunks are about
+``sqrt(T)`` steps long. Backward reruns each chunk as the forward pass did (its input convolution
+in one call, then step by step from the chunk's first ``h`` and ``c``) before walking back through
+it: one more forward pass of the convolutions, for no saved gate tensor.
 
 Saved tensors are never modified: backward may run twice (``retain_graph=True``). Values and
 gradients equal per-step autograd's up to rounding (``tests/test_fast_paths.py``).
@@ -118,43 +119,60 @@ def _forward(
     """The layer's forward pass: ``(hs, cs, act, c_last)``.
 
     ``hs`` ``(N, C, *S')`` holds ``h`` of every step (the output), ``c_last`` ``(B, C, *S')`` the
-    final ``c``. Without ``recompute``, ``act`` ``(N, 4C, *S')`` holds every step's activations
-    and ``cs`` ``(N, C, *S')`` every ``c``. With it, the input convolution runs a chunk of steps
-    at a time, ``act`` is ``None`` and ``cs`` ``(len(groups) - 1, B, C, *S')`` holds the ``c``
-    entering each chunk of :func:`_groups` but the last (which starts from the initial state).
+    final ``c`` and ``cs`` ``(len(groups) - 1, B, C, *S')`` the ``c`` each chunk of
+    :func:`_groups` starts from, but the last one's (the initial state). ``act``
+    ``(N, 4C, *S')`` holds every step's activations, or is ``None`` with ``recompute``: the input
+    convolution then runs a chunk of steps at a time, and no more than a chunk of activations
+    exists at once.
     """
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
     hh = (w_hh, w_ci, w_cf, w_co)
     channels, batch = w_hh.shape[1], frames.shape[0] // steps
+    groups = _groups(steps, reverse, recompute)
     if not recompute:
         act = conv(frames, w_ih, bias, *ih_geometry)
         hs = _empty_like(act, act.shape[0], channels)
-        cs = torch.empty_like(hs)
-        h_steps, c_steps = hs.unflatten(0, (steps, -1)), cs.unflatten(0, (steps, -1))
+        h_steps = hs.unflatten(0, (steps, -1))
+        c_steps = torch.empty_like(h_steps)
         pre = act.unflatten(0, (steps, -1))
         times = _order(steps, reverse)
         _, c = _run_steps(times, pre, state, hh, h_mask, conv, hh_padding, h_steps, c_steps)
+        cs = torch.empty_like(h_steps[: len(groups) - 1])
+        for slot, group in enumerate(groups[:-1]):
+            cs[slot].copy_(c_steps[_entering(group, steps, reverse)])
         assert c is not None
         return hs, cs, act, c.clone()
     x_steps = frames.unflatten(0, (steps, -1))
-    runs = _groups(steps, reverse, True)[::-1]  # the chunks in the order they run
+    runs = groups[::-1]  # the chunks in the order they run
     pre = _chunk_input(runs[0], x_steps, w_ih, bias, conv, ih_geometry)
     hs = _empty_like(pre[0], steps * batch, channels)
     h_steps = hs.unflatten(0, (steps, -1))
     cs = torch.empty_like(h_steps[: len(runs) - 1])
+    c_chunk = torch.empty_like(h_steps[: len(groups[0])])
     h, c = state
     for index, group in enumerate(runs):
         if index:
             assert c is not None
             cs[-index].copy_(c)  # cs[slot] for groups[slot], this chunk
             pre = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
-        low, count = min(group), len(group)
+        h_chunk = h_steps[min(group) : max(group) + 1]
         times = sorted(group, reverse=reverse)
-        c_chunk = torch.empty_like(h_steps[:count])
-        h_chunk = h_steps[low : low + count]
         h, c = _run_steps(times, pre, (h, c), hh, h_mask, conv, hh_padding, h_chunk, c_chunk)
     assert c is not None
     return hs, cs, None, c.clone()
+
+
+def _replay_cells(times: list[int], act: Tensor, c: Tensor | None, c_out: Tensor) -> None:
+    """Write ``c`` of the consecutive steps ``times`` (in run order) into ``c_out[t - min(times)]``
+    from their activations ``act[t - min(times)]`` ``(B, 4C, *S')`` and the ``c`` before them,
+    with :func:`convlstm._gates.activate`'s operations: ``c' = f∘c + i∘g``."""
+    low = min(times)
+    for t in times:
+        i, f, g, _ = act[t - low].chunk(4, dim=1)
+        if c is None:
+            c = torch.mul(i, g, out=c_out[t - low])
+        else:
+            c = torch.mul(f, c, out=c_out[t - low]).addcmul_(i, g)
 
 
 def _chunk_input(
@@ -234,10 +252,11 @@ class Recurrence(torch.autograd.Function):
         groups = _groups(steps, reverse, recompute)
         chunk = len(groups[0])
         d_chunk = _empty_like(hs, chunk * batch, 4 * w_hh.shape[1]).unflatten(0, (chunk, batch))
+        c_buffer = torch.empty_like(h_steps[:chunk])
         if recompute:
             x_steps, scratch = frames.unflatten(0, (steps, -1)), [torch.empty_like(h_steps[0])]
         else:
-            a_steps, c_all = act.unflatten(0, (steps, -1)), cs.unflatten(0, (steps, -1))
+            a_steps = act.unflatten(0, (steps, -1))
         order = _order(steps, reverse)
         position = {t: k for k, t in enumerate(order)}
         dh_carry = None
@@ -247,19 +266,19 @@ class Recurrence(torch.autograd.Function):
             # so the slots are in time order.
             low, count = min(group), len(group)
             before = _entering(group, steps, reverse)
+            c_in = c0 if before is None else cs[slot]
+            c_steps = c_buffer[:count]
+            times = sorted(group, reverse=reverse)
             if recompute:  # rerun the chunk as the forward pass did
                 h_in = h0 if before is None else h_steps[before]
-                c_in = c0 if before is None else cs[slot]
-                a = c_steps = None  # free the previous chunk's first
+                a = None  # free the previous chunk's first
                 a = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
-                c_steps = torch.empty_like(h_steps[:count])
-                times = sorted(group, reverse=reverse)
                 weights = (w_hh, *peepholes)
                 _run_steps(times, a, (h_in, c_in), weights, h_mask, conv, hh_padding,
                            scratch * count, c_steps)  # fmt: skip
             else:
-                c_in = c0 if before is None else c_all[before]
-                a, c_steps = a_steps[low : low + count], c_all[low : low + count]
+                a = a_steps[low : low + count]
+                _replay_cells(times, a, c_in, c_steps)
             for t in group:
                 k = position[t]
                 prev = order[k - 1] if k else None

@@ -335,12 +335,12 @@ class ConvLSTM(nn.Module):
         frame = x if repeated else x[:, 0]
         channels_last = _plan.use_channels_last(cell, frame)
         if channels_last and state is not None:
-            state = (_to_channels_last(state[0]), _to_channels_last(state[1]))
+            state = (_plan.to_channels_last(state[0]), _plan.to_channels_last(state[1]))
         h_mask = None
         if self.recurrent_dropout and self.training:
             shape = (batch, cell.hidden_channels, *cell.output_size(frame.shape[2:]))
             h_mask = F.dropout(frame.new_ones(shape), self.recurrent_dropout, training=True)
-            h_mask = _to_channels_last(h_mask) if channels_last else h_mask
+            h_mask = _plan.to_channels_last(h_mask) if channels_last else h_mask
         checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
         joint = not repeated and _plan.use_joint_conv(cell, frame, steps)
         if not (repeated or joint) and valid is None and _plan.use_fused_loop(cell, frame):
@@ -357,13 +357,13 @@ class ConvLSTM(nn.Module):
         # recurrent convolution, or inside a checkpoint to keep no gate tensor for backward).
         per_step = not repeated and (checkpointed or joint)
         if repeated:
-            frames = _to_channels_last(x) if channels_last else x
+            frames = _plan.to_channels_last(x) if channels_last else x
             gates = cell.input_conv(frames).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
         elif per_step:
-            frames = _to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
+            frames = _plan.to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
         else:
             frames = x.flatten(0, 1)
-            gates = cell.input_conv(_to_channels_last(frames) if channels_last else frames)
+            gates = cell.input_conv(_plan.to_channels_last(frames) if channels_last else frames)
             gates = gates.view(batch, steps, *gates.shape[1:])
         joint_weight = None
         if joint and not checkpointed:
@@ -432,11 +432,6 @@ class ConvLSTM(nn.Module):
         return s
 
 
-def _to_channels_last(t: Tensor) -> Tensor:
-    """``t`` ``(N, C, H, W)`` in the channels-last memory format (no copy if it already is)."""
-    return t.contiguous(memory_format=torch.channels_last)
-
-
 def _stack_steps(outputs: list[Tensor], channels_last: bool) -> Tensor:
     """Stack ``T`` tensors ``(B, C, *S)`` to ``(B, T, C, *S)``; channels-last ones so that each
     frame stays channels-last and ``flatten(0, 1)`` is a view, ready for the next layer."""
@@ -459,7 +454,7 @@ def _run_fused_loop(
     final ``(h, c)``; ``recompute`` recomputes the gates in backward instead of saving them."""
     batch, steps = x.shape[:2]
     frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
-    frames = _to_channels_last(frames) if channels_last else frames
+    frames = _plan.to_channels_last(frames) if channels_last else frames
     weights = (
         cell.weight_ih,
         cell.bias,
