@@ -563,10 +563,10 @@ def run_suite(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.tune_malloc:
-        fast.tune_cpu_allocator()
     names = args.shapes or (QUICK if args.quick else GPU if device.type == "cuda" else FULL)
     shapes = [parse_shape(n) for n in names]
+    if device.type == "cpu" and not args.no_tune_malloc:
+        fast.tune_cpu_allocator()
     peaks = {
         "fp32": _measure.peak_gflops(device, torch.float32),
         "bf16": _measure.peak_gflops(device, torch.bfloat16),
@@ -670,7 +670,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", help="time only these variants")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument(
-        "--tune-malloc", action="store_true", help="convlstm.fast.tune_cpu_allocator() first"
+        "--no-tune-malloc",
+        action="store_true",
+        help="CPU: keep glibc's allocator as it is (by default the suite first calls "
+        "convlstm.fast.tune_cpu_allocator(), so that large tensors are not page-faulted afresh "
+        "at every step)",
     )
     parser.add_argument("--compile", action="store_true", help="time compile_layer on CPU too")
     parser.add_argument("--no-compile", action="store_true", help="skip compile_layer on CUDA")
