@@ -62,10 +62,10 @@ class ConvLSTM(nn.Module):
             them there, for one more forward pass of the convolutions. Where a layer runs as
             one autograd node (:mod:`convlstm._recurrence`: sigmoid/tanh gates, no ``norm``,
             odd kernels, no ``lengths``), it keeps only the output ``h`` and the ``c`` where
-            each quarter of the sequence begins, and recomputes a quarter at a time with batched
-            convolutions: about one state-sized tensor per step instead of six. Otherwise each
-            step is a :func:`torch.utils.checkpoint.checkpoint` that keeps its input state and
-            output: about three per step.
+            each chunk of about ``sqrt(T)`` steps begins, and reruns a chunk at a time (its
+            input convolution in one call): about one state-sized tensor per step instead of
+            five. Otherwise each step is a :func:`torch.utils.checkpoint.checkpoint` that keeps
+            its input state and output: about three per step.
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
