@@ -240,6 +240,7 @@ class Recurrence(torch.autograd.Function):
         hh = ([1] * dims, list(hh_padding), [1] * dims, False, [0] * dims, 1)
         stride, padding, dilation = (list(v) for v in ih_geometry)
         ih = (stride, padding, dilation, False, [0] * dims, 1)
+        input_only = [True, False, False]  # the recurrent convolution's gradient of h, per step
         batch = frames.shape[0] // steps
         h_steps = hs.unflatten(0, (steps, -1))
         d_h_steps = None if d_hs is None else d_hs.unflatten(0, (steps, -1))
@@ -300,9 +301,7 @@ class Recurrence(torch.autograd.Function):
                 h_prev = h0 if prev is None else h_steps[prev]
                 dh_carry = None
                 if h_prev is not None and (prev is not None or need[3]):
-                    dh_carry = _conv_backward(d_pre, h_prev, w_hh, None, *hh, [True, False, False])[
-                        0
-                    ]
+                    dh_carry = _conv_backward(d_pre, h_prev, w_hh, None, *hh, input_only)[0]
                     if h_mask is not None:
                         dh_carry.mul_(h_mask)
             _flush(group, d_chunk, frames, w_ih, bias, hs, h0, h_mask, w_hh, reverse,
