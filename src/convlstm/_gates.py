@@ -104,16 +104,26 @@ def backward(
     else:
         _sigmoid_backward(dc * c, f, grad_input=d_f)
         if need[1] and w_ci is not None:
-            d_wci = (d_i * c).sum_to_size(w_ci.shape)
+            d_wci = _sum_to(d_i * c, w_ci.shape)
         if need[2] and w_cf is not None:
-            d_wcf = (d_f * c).sum_to_size(w_cf.shape)
+            d_wcf = _sum_to(d_f * c, w_cf.shape)
         if need[0]:
             d_c = dc.mul_(f)
             if w_ci is not None and w_cf is not None:
                 d_c.addcmul_(d_i, w_ci).addcmul_(d_f, w_cf)
     if need[3] and w_co is not None:
-        d_wco = (d_o * c_new).sum_to_size(w_co.shape)
+        d_wco = _sum_to(d_o * c_new, w_co.shape)
     return d_c, d_wci, d_wcf, d_wco
+
+
+def _sum_to(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t.sum_to_size(shape)``; a channels-last ``(B, C, H, W)`` summed over ``B`` to a spatial
+    peephole's ``(C, H, W)`` in its own memory order, giving a channels-last-ordered result
+    (for 8x64x64x64 on a 2-core Xeon without AMX: 0.7 ms against 6.8)."""
+    channels_last = not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and tuple(shape) == tuple(t.shape[1:]):
+        return t.permute(0, 2, 3, 1).sum(0).permute(2, 0, 1)
+    return t.sum_to_size(shape)
 
 
 class FusedGates(torch.autograd.Function):

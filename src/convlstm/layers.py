@@ -455,14 +455,14 @@ def _run_fused_loop(
     batch, steps = x.shape[:2]
     frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
     frames = _plan.to_channels_last(frames) if channels_last else frames
-    weights = (
-        cell.weight_ih,
-        cell.bias,
-        cell.weight_hh,
-        cell.weight_ci,
-        cell.weight_cf,
-        cell.weight_co,
-    )
+    peepholes: list[Tensor | None] = [cell.weight_ci, cell.weight_cf, cell.weight_co]
+    if channels_last and cell.peephole == "spatial":  # (C, H, W) in the states' memory order
+        cl = torch.channels_last
+        peepholes = [
+            w.unsqueeze(0).contiguous(memory_format=cl)[0] for w in peepholes if w is not None
+        ]
+    w_ci, w_cf, w_co = peepholes
+    weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co)
     geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
     hs, c_last = recurrence(
         frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse,
