@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["FusedGates", "activate", "backward", "fused_gates"]
+__all__ = ["FusedGates", "activate", "backward", "cell_state", "fused_gates"]
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward
 _tanh_backward = torch.ops.aten.tanh_backward
@@ -47,16 +47,21 @@ def activate(
     else:
         act[:, : 2 * a_i.shape[1]].sigmoid_()  # i and f in one pass
     a_g.tanh_()
-    if c is None:
-        c_new = torch.mul(a_i, a_g, out=c_out) if c_out is not None else a_i * a_g
-    else:
-        c_new = torch.mul(a_f, c, out=c_out) if c_out is not None else a_f * c
-        c_new.addcmul_(a_i, a_g)
+    c_new = cell_state(a_i, a_f, a_g, c, c_out)
     if w_co is not None:
         a_o.addcmul_(w_co, c_new)
     a_o.sigmoid_()
     h = torch.tanh(c_new, out=h_out) if h_out is not None else torch.tanh(c_new)
     return h.mul_(a_o), c_new
+
+
+def cell_state(i: Tensor, f: Tensor, g: Tensor, c: Tensor | None, out: Tensor | None) -> Tensor:
+    """``c' = f∘c + i∘g`` (``i∘g`` for ``c`` ``None``) from activated gates, each ``(B, C, *S)``,
+    written into ``out`` if given: the one expression the forward pass and its replay share."""
+    if c is None:
+        return i * g if out is None else torch.mul(i, g, out=out)
+    c_new = f * c if out is None else torch.mul(f, c, out=out)
+    return c_new.addcmul_(i, g)
 
 
 def backward(

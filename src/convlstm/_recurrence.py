@@ -119,16 +119,14 @@ def _forward(
     """The layer's forward pass: ``(hs, cs, act, c_last)``.
 
     ``hs`` ``(N, C, *S')`` holds ``h`` of every step (the output), ``c_last`` ``(B, C, *S')`` the
-    final ``c`` and ``cs`` ``(len(groups) - 1, B, C, *S')`` the ``c`` each chunk of
-    :func:`_groups` starts from, but the last one's (the initial state). ``act``
-    ``(N, 4C, *S')`` holds every step's activations, or is ``None`` with ``recompute``: the input
-    convolution then runs a chunk of steps at a time, and no more than a chunk of activations
-    exists at once.
+    final ``c``. Without ``recompute``, ``act`` ``(N, 4C, *S')`` holds every step's activations
+    and ``cs`` ``(T, B, C, *S')`` every ``c``. With it, the input convolution runs a chunk of
+    steps at a time, no more than a chunk of activations exists at once, ``act`` is ``None`` and
+    ``cs`` is what :func:`_chunk_starts` would keep of every ``c``.
     """
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
     hh = (w_hh, w_ci, w_cf, w_co)
     channels, batch = w_hh.shape[1], frames.shape[0] // steps
-    groups = _groups(steps, reverse, recompute)
     if not recompute:
         act = conv(frames, w_ih, bias, *ih_geometry)
         hs = _empty_like(act, act.shape[0], channels)
@@ -137,12 +135,10 @@ def _forward(
         pre = act.unflatten(0, (steps, -1))
         times = _order(steps, reverse)
         _, c = _run_steps(times, pre, state, hh, h_mask, conv, hh_padding, h_steps, c_steps)
-        cs = torch.empty_like(h_steps[: len(groups) - 1])
-        for slot, group in enumerate(groups[:-1]):
-            cs[slot].copy_(c_steps[_entering(group, steps, reverse)])
         assert c is not None
-        return hs, cs, act, c.clone()
+        return hs, c_steps, act, c.clone()
     x_steps = frames.unflatten(0, (steps, -1))
+    groups = _groups(steps, reverse, True)
     runs = groups[::-1]  # the chunks in the order they run
     pre = _chunk_input(runs[0], x_steps, w_ih, bias, conv, ih_geometry)
     hs = _empty_like(pre[0], steps * batch, channels)
@@ -162,17 +158,25 @@ def _forward(
     return hs, cs, None, c.clone()
 
 
+def _chunk_starts(c_steps: Tensor, steps: int, reverse: bool) -> Tensor:
+    """Of ``c_steps`` ``(T, B, C, *S')``, the ``c`` each chunk of :func:`_groups` (without
+    recompute) starts from, but the last chunk's (the initial state): ``(len(groups) - 1, B, C,
+    *S')``, what backward replays the other steps' ``c`` from."""
+    groups = _groups(steps, reverse, False)
+    starts = torch.empty_like(c_steps[: len(groups) - 1])
+    for slot, group in enumerate(groups[:-1]):
+        starts[slot].copy_(c_steps[_entering(group, steps, reverse)])
+    return starts
+
+
 def _replay_cells(times: list[int], act: Tensor, c: Tensor | None, c_out: Tensor) -> None:
     """Write ``c`` of the consecutive steps ``times`` (in run order) into ``c_out[t - min(times)]``
     from their activations ``act[t - min(times)]`` ``(B, 4C, *S')`` and the ``c`` before them,
-    with :func:`convlstm._gates.activate`'s operations: ``c' = f∘c + i∘g``."""
+    with the forward pass's :func:`convlstm._gates.cell_state`, so the same values."""
     low = min(times)
     for t in times:
         i, f, g, _ = act[t - low].chunk(4, dim=1)
-        if c is None:
-            c = torch.mul(i, g, out=c_out[t - low])
-        else:
-            c = torch.mul(f, c, out=c_out[t - low]).addcmul_(i, g)
+        c = _gates.cell_state(i, f, g, c, c_out[t - low])
 
 
 def _chunk_input(
@@ -225,6 +229,8 @@ class Recurrence(torch.autograd.Function):
         weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
         options = (steps, conv, ih_geometry, hh_padding, reverse, recompute)
         hs, cs, act, c_last = _forward(frames, (h0, c0), weights, h_mask, *options)
+        if not recompute:
+            cs = _chunk_starts(cs, steps, reverse)
         ctx.set_materialize_grads(False)
         saved = (frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
         ctx.save_for_backward(*saved)
