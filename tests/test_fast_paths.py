@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from convlstm import ConvLSTM, ConvLSTM2d, ConvLSTMCell, _plan, _recurrence, fast
+from convlstm import ConvLSTM, ConvLSTM2d, ConvLSTMCell, _gates, _plan, _recurrence, fast
 from convlstm._gates import fused_gates
 from convlstm._measure import memory_mb
 from convlstm._recurrence import recurrence
@@ -234,6 +234,18 @@ def test_one_channel_frames_get_channels_last_strides():
     assert torch.equal(x.grad, torch.ones_like(x))
     z = torch.randn(3, 4, 5, 6)
     assert _plan.to_channels_last(z).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gate_tanh_in_place_on_a_channel_slice(channels_last):
+    """The g gate's tanh runs in place on a channel slice of the activations; in channels-last
+    that slice is strided (and goes through a dense copy), with the same values either way."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    act = torch.randn(3, 4 * 5, 6, 7).contiguous(memory_format=fmt)
+    want = act.clone()
+    want[:, 10:15] = torch.tanh(want[:, 10:15])
+    _gates._tanh_(act[:, 10:15])
+    assert torch.equal(act, want)
 
 
 def test_cell_fast_path_equals_plain():

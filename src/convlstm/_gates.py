@@ -46,13 +46,23 @@ def activate(
         a_i.sigmoid_()
     else:
         act[:, : 2 * a_i.shape[1]].sigmoid_()  # i and f in one pass
-    a_g.tanh_()
+    _tanh_(a_g)
     c_new = cell_state(a_i, a_f, a_g, c, c_out)
     if w_co is not None:
         a_o.addcmul_(w_co, c_new)
     a_o.sigmoid_()
     h = torch.tanh(c_new, out=h_out) if h_out is not None else torch.tanh(c_new)
     return h.mul_(a_o), c_new
+
+
+def _tanh_(t: Tensor) -> None:
+    """``t = tanh(t)`` in place. A channel slice of a channels-last CPU tensor takes torch's
+    strided tanh, which runs 5x slower than a dense copy's (8x128x16x16 of 8x512x16x16 on a
+    2-core Xeon: 636 us against 124 us for copy, tanh and copy back)."""
+    if t.is_cpu and t.dim() == 4 and t.stride(1) == 1 and not t.is_contiguous():
+        t.copy_(torch.tanh(t.contiguous(memory_format=torch.channels_last)))
+    else:
+        t.tanh_()
 
 
 def cell_state(i: Tensor, f: Tensor, g: Tensor, c: Tensor | None, out: Tensor | None) -> Tensor:

@@ -12,8 +12,8 @@ measured on the spot (a large matrix product), and activation memory.
 Variants (training shapes): ``floor`` (the convolutions alone, channels-last), ``naive`` (the
 seed's eight-convolution cell with learned peepholes), ``convlstm_peep`` (our layer computing the
 naive cell's function), ``convlstm`` (our layer, no peepholes, default fast paths),
-``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` (the plan's
-channels-last choice undone, where it makes it), ``convlstm_joint`` or ``convlstm_batched`` (on
+``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` or
+``convlstm_cl`` (2-D: the memory format the plan did not choose), ``convlstm_joint`` or ``convlstm_batched`` (on
 CPU, the input convolution the plan did not choose, where both are possible), ``convlstm_bf16``
 (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``), ``convlstm_compiled``
 (:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras`` (Keras 3 ``ConvLSTM2D``,
@@ -196,9 +196,18 @@ def _train_variants(
     variants["naive"] = Variant("naive", naive, list(naive.parameters()), x, reference="plain_peep")
     # The plan's per-shape choices, each against its alternative (same function, timed).
     frame, cell = x[:, 0], cast(ConvLSTMCell, layer.cells[0])
-    if _plan.use_channels_last(cell, frame):
-        variants["convlstm_nchw"] = Variant(
-            "convlstm_nchw", run(layer), own, x, _forced(channels_last=False), "fp32", "plain", True
+    if cell.spatial_dims == 2:  # the memory format the plan did not choose
+        chosen = _plan.use_channels_last(cell, frame)
+        other = "nchw" if chosen else "cl"
+        variants[f"convlstm_{other}"] = Variant(
+            f"convlstm_{other}",
+            run(layer),
+            own,
+            x,
+            _forced(channels_last=not chosen),
+            "fp32",
+            "plain",
+            True,
         )
     if device.type == "cpu" and cell.joint_conv_possible(frame.shape[2:]):
         other = "batched" if _plan.use_joint_conv(cell, frame, shape.steps) else "joint"
@@ -507,6 +516,7 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
             ("train_convlstm_vs_keras", "convlstm", "keras", "train"),
             ("train_convlstm_vs_plain", "convlstm", "convlstm_plain", "train"),
             ("train_channels_last_vs_nchw", "convlstm", "convlstm_nchw", "train"),
+            ("train_nchw_vs_channels_last", "convlstm", "convlstm_cl", "train"),
             ("train_joint_vs_batched_input_conv", "convlstm", "convlstm_batched", "train"),
             ("train_batched_vs_joint_input_conv", "convlstm", "convlstm_joint", "train"),
             ("train_bf16_vs_fp32", "convlstm_bf16", "convlstm", "train"),
