@@ -23,8 +23,10 @@ from torch import Tensor
 
 __all__ = ["FusedGates", "activate", "backward", "cell_state", "fused_gates"]
 
-_sigmoid_backward = torch.ops.aten.sigmoid_backward
-_tanh_backward = torch.ops.aten.tanh_backward
+# The overloads themselves: the packet resolves a ``grad_input=`` call at each call (9 us, 4.5).
+_sigmoid_backward_into = torch.ops.aten.sigmoid_backward.grad_input
+_tanh_backward_into = torch.ops.aten.tanh_backward.grad_input
+_tanh_backward = torch.ops.aten.tanh_backward.default
 
 
 def activate(
@@ -105,19 +107,19 @@ def backward(
         d_o.zero_()
         dc = torch.zeros_like(c_new) if dc_new is None else dc_new.clone()
     else:
-        _sigmoid_backward(dh * tc, o, grad_input=d_o)
+        _sigmoid_backward_into(dh * tc, o, grad_input=d_o)
         dc = _tanh_backward(dh * o, tc)
         if dc_new is not None:
             dc.add_(dc_new)
     if w_co is not None:
         dc.addcmul_(d_o, w_co)
-    _sigmoid_backward(dc * g, i, grad_input=d_i)
-    _tanh_backward(dc * i, g, grad_input=d_g)
+    _sigmoid_backward_into(dc * g, i, grad_input=d_i)
+    _tanh_backward_into(dc * i, g, grad_input=d_g)
     d_c = d_wci = d_wcf = d_wco = None
     if c is None:
         d_f.zero_()
     else:
-        _sigmoid_backward(dc * c, f, grad_input=d_f)
+        _sigmoid_backward_into(dc * c, f, grad_input=d_f)
         if need[1] and w_ci is not None:
             d_wci = _sum_to(d_i * c, w_ci.shape)
         if need[2] and w_cf is not None:
