@@ -307,6 +307,27 @@ def test_fused_loop_keeps_less_memory_and_checkpointing_even_less():
     assert memory["checkpointed"]["peak"] < 0.7 * memory["fused"]["peak"]
 
 
+def test_channels_last_node_keeps_no_kernel_copy():
+    """The node runs its convolutions with channels-last copies of the kernels (one per pass,
+    not one per call) and saves the parameters themselves: with 7x7 kernels of 64 channels on
+    8x8 maps, a kernel is 100x the output, so a saved copy would show."""
+    layer = ConvLSTM2d(64, 64, 7)
+    x = torch.randn(1, 2, 64, 8, 8, requires_grad=True)
+    held = {}
+    for channels_last in (False, True):
+        with fast.settings(channels_last=channels_last):
+            held[channels_last] = memory_mb(
+                lambda: layer(x)[0], lambda out: out.sum().backward(), x.device
+            )["after_forward"]
+    kernel_mb = layer.cells[0].weight_hh.numel() * 4 / 1e6
+    assert held[True] < held[False] + 0.1 * kernel_mb
+    frames = _plan.to_channels_last(torch.randn(6, 1, 5, 5))  # one channel: strides only
+    kernels = _recurrence._kernels_like(frames, torch.randn(8, 1, 3, 3), torch.randn(8, 2, 3, 3))
+    assert all(k.stride(1) == 1 for k in kernels)
+    standard = torch.randn(8, 2, 3, 3)
+    assert _recurrence._kernels_like(torch.randn(6, 2, 5, 5), standard)[0] is standard
+
+
 @pytest.mark.parametrize("checkpoint_steps", [False, True])
 def test_whole_layer_node_backward_twice(checkpoint_steps):
     """Backward leaves what it saved untouched: a second pass (``retain_graph=True``) gives the

@@ -23,7 +23,8 @@ from torch import Tensor
 
 __all__ = ["FusedGates", "activate", "backward", "cell_state", "fused_gates"]
 
-# The overloads themselves: the packet resolves a ``grad_input=`` call at each call (9 us, 4.5).
+# The overloads themselves: calling the packet with ``grad_input=`` resolves the overload at
+# every call (9 us against 4.5 us per call on a 2-core Xeon).
 _sigmoid_backward_into = torch.ops.aten.sigmoid_backward.grad_input
 _tanh_backward_into = torch.ops.aten.tanh_backward.grad_input
 _tanh_backward = torch.ops.aten.tanh_backward.default

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from convlstm import _gates
+from convlstm import _gates, _plan
 
 __all__ = ["CHUNKS", "Recurrence", "recurrence"]
 
@@ -125,6 +125,7 @@ def _forward(
     ``cs`` is what :func:`_chunk_starts` would keep of every ``c``.
     """
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
+    w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
     hh = (w_hh, w_ci, w_cf, w_co)
     channels, batch = w_hh.shape[1], frames.shape[0] // steps
     if not recompute:
@@ -242,6 +243,7 @@ class Recurrence(torch.autograd.Function):
         frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask = ctx.saved_tensors
         steps, conv, ih_geometry, hh_padding, reverse, recompute = ctx.options
         need = ctx.needs_input_grad
+        w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
         dims = w_hh.dim() - 2
         hh = ([1] * dims, list(hh_padding), [1] * dims, False, [0] * dims, 1)
         stride, padding, dilation = (list(v) for v in ih_geometry)
@@ -324,6 +326,17 @@ class Recurrence(torch.autograd.Function):
             grads["co"],
             *(None,) * 7,
         )
+
+
+def _kernels_like(frames: Tensor, *kernels: Tensor) -> tuple[Tensor, ...]:
+    """The ``kernels`` in channels-last if the 2-D ``frames`` ``(N, C_in, H, W)`` are (a copy of
+    each, made once per pass and not saved: a convolution of channels-last input with a
+    standard-layout kernel copies the kernel at every call, 57 copies of a 512x128x5x5 kernel
+    per training step at ``w16``)."""
+    channels_last = frames.dim() == 4 and frames.stride(1) == 1
+    if not (channels_last and frames.is_contiguous(memory_format=torch.channels_last)):
+        return kernels
+    return tuple(_plan.to_channels_last(k) for k in kernels)
 
 
 def _entering(group: list[int], steps: int, reverse: bool) -> int | None:

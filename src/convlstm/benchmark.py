@@ -13,12 +13,13 @@ Variants (training shapes): ``floor`` (the convolutions alone, channels-last), `
 seed's eight-convolution cell with learned peepholes), ``convlstm_peep`` (our layer computing the
 naive cell's function), ``convlstm`` (our layer, no peepholes, default fast paths),
 ``convlstm_plain`` (the same under :func:`convlstm.fast.plain`), ``convlstm_nchw`` or
-``convlstm_cl`` (2-D: the memory format the plan did not choose), ``convlstm_joint`` or ``convlstm_batched`` (on
-CPU, the input convolution the plan did not choose, where both are possible), ``convlstm_bf16``
-(bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``), ``convlstm_compiled``
-(:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras`` (Keras 3 ``ConvLSTM2D``,
-torch backend, if installed). Streaming shapes time one step from a given state, without
-gradients: ``naive``, ``floor`` (the two convolutions), ``convlstm_cell`` and ``convlstm_layer``.
+``convlstm_cl`` (the memory format the plan did not choose), ``convlstm_joint`` or
+``convlstm_batched`` (on CPU, the input convolution the plan did not choose, where both are
+possible), ``convlstm_bf16`` (bf16 autocast), ``convlstm_ckpt`` (``checkpoint_steps=True``),
+``convlstm_compiled`` (:func:`convlstm.fast.compile_layer`; CUDA, or ``--compile``), ``keras``
+(Keras 3 ``ConvLSTM2D``, torch backend, if installed). Streaming shapes time one step from a
+given state, without gradients: ``naive``, ``floor`` (the two convolutions), ``convlstm_cell``
+and ``convlstm_layer``.
 
 Usage: ``convlstm benchmark --quick`` or ``python benchmarks/bench.py --shapes w16 --json out.json``.
 """
@@ -522,6 +523,7 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
             ("train_bf16_vs_fp32", "convlstm_bf16", "convlstm", "train"),
             ("train_compiled_vs_convlstm", "convlstm_compiled", "convlstm", "train"),
             ("train_compiled_vs_naive", "convlstm_compiled", "naive", "train"),
+            ("train_compiled_vs_floor", "convlstm_compiled", "floor", "train"),
             ("forward_convlstm_vs_floor", "convlstm", "floor", "forward"),
             ("forward_convlstm_peep_vs_naive", "convlstm_peep", "naive", "forward"),
             ("forward_convlstm_vs_keras", "convlstm", "keras", "forward"),

@@ -462,10 +462,7 @@ def _run_fused_loop(
             w.unsqueeze(0).contiguous(memory_format=cl)[0] for w in peepholes if w is not None
         ]
     w_ci, w_cf, w_co = peepholes
-    w_ih, w_hh = cell.weight_ih, cell.weight_hh
-    if channels_last:  # else each convolution call copies its kernel into the input's format
-        w_ih, w_hh = _plan.to_channels_last(w_ih), _plan.to_channels_last(w_hh)
-    weights = (w_ih, cell.bias, w_hh, w_ci, w_cf, w_co)
+    weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co)
     geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
     hs, c_last = recurrence(
         frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse,
