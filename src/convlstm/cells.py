@@ -164,6 +164,7 @@ class ConvLSTMCell(nn.Module):
     ) -> None:
         super().__init__()
         self._output_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}  # output_size's cache
+        self._joint_possible: dict[tuple[int, ...], bool] = {}  # joint_conv_possible's cache
         self._joint_cache: tuple[tuple, Tensor] | None = None  # joint_weight's cache
         check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
         self.spatial_dims = spatial_dims
@@ -393,13 +394,17 @@ class ConvLSTMCell(nn.Module):
     def joint_conv_possible(self, spatial_size: Sequence[int]) -> bool:
         """Whether :meth:`joint_step` applies to inputs of spatial size ``*S``: the input
         convolution has the recurrent one's geometry and the bias is not normalised."""
-        return (
-            self.norm is None
-            and self._hh_pad is None
-            and self.stride == (1,) * self.spatial_dims
-            and self.dilation == (1,) * self.spatial_dims
-            and self._input_pads(spatial_size) == [(p, p) for p in self._hh_padding]
-        )
+        key = tuple(spatial_size)
+        possible = self._joint_possible.get(key)
+        if possible is None:  # cached: a streaming step asks at every call
+            possible = self._joint_possible[key] = (
+                self.norm is None
+                and self._hh_pad is None
+                and self.stride == (1,) * self.spatial_dims
+                and self.dilation == (1,) * self.spatial_dims
+                and self._input_pads(key) == [(p, p) for p in self._hh_padding]
+            )
+        return possible
 
     def joint_step(
         self, x: Tensor, state: State, weight: Tensor, h_mask: Tensor | None = None
@@ -475,7 +480,9 @@ class ConvLSTMCell(nn.Module):
         weights = (self.weight_ih, self.weight_hh)
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return torch.cat(weights, dim=1)
-        key = tuple((w._version, w.data_ptr(), w.dtype, w.device) for w in weights)
+        w_ih, w_hh = weights
+        key = (w_ih._version, w_ih.data_ptr(), w_ih.dtype, w_ih.device)
+        key += (w_hh._version, w_hh.data_ptr(), w_hh.dtype, w_hh.device)
         if self._joint_cache is None or self._joint_cache[0] != key:
             self._joint_cache = (key, torch.cat(weights, dim=1))
         return self._joint_cache[1]
