@@ -481,8 +481,8 @@ class ConvLSTMCell(nn.Module):
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return torch.cat(weights, dim=1)
         w_ih, w_hh = weights
-        key = (w_ih._version, w_ih.data_ptr(), w_ih.dtype, w_ih.device)
-        key += (w_hh._version, w_hh.data_ptr(), w_hh.dtype, w_hh.device)
+        key = (w_ih._version, w_ih.data_ptr(), w_ih.dtype, w_ih.device,
+               w_hh._version, w_hh.data_ptr(), w_hh.dtype, w_hh.device)  # fmt: skip
         if self._joint_cache is None or self._joint_cache[0] != key:
             self._joint_cache = (key, torch.cat(weights, dim=1))
         return self._joint_cache[1]
