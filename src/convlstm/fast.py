@@ -80,9 +80,10 @@ def compile_layer(module: nn.Module, *, cuda_graphs: bool | None = None, **optio
     loop, forward and backward, is replayed as CUDA graphs (``mode="reduce-overhead"``), which
     removes the per-kernel launch cost. Each new input shape compiles again. On CPU it pays where
     the maps are small and the per-operation costs show: on a 2-core Xeon without AMX the
-    benchmark's ``main_job`` step (B=8, T=10, 64x8x8 in, hidden 32-32) ran 1.37x faster than
-    eager, at the speed of the bare convolutions, after about 40 s of compiling; at ``w16`` and
-    ``w64``, where the convolutions take the time, 0.88-0.98x (``benchmarks/README.md``).
+    benchmark's ``main_job`` step (B=8, T=10, 64x8x8 in, hidden 32-32) ran 1.30-1.37x faster
+    than eager in two runs, at the speed of the bare convolutions, after about 40 s of
+    compiling; at ``w16`` and ``w64``, where the convolutions take the time, 0.88-1.02x
+    (``benchmarks/README.md``).
 
     Args:
         module: e.g. a :class:`~convlstm.layers.ConvLSTM2d`, on its final device.
