@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHANNELS_LAST_MIN_WORK",
     "CUDA_CHANNELS_LAST_MIN_HIDDEN",
+    "is_channels_last",
     "to_channels_last",
     "use_channels_last",
     "use_fused_loop",
@@ -113,3 +114,9 @@ def to_channels_last(t: Tensor) -> Tensor:
         h, w = t.shape[2:]
         t = t.as_strided(t.shape, (h * w, 1, w, 1), t.storage_offset())
     return t
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether the dense ``t`` ``(N, C, H, W)`` is laid out channels-last: its channels adjacent
+    in memory, one-channel tensors with :func:`to_channels_last`'s strides included."""
+    return t.dim() == 4 and t.stride(1) == 1 and t.is_contiguous(memory_format=torch.channels_last)

@@ -333,8 +333,7 @@ def _kernels_like(frames: Tensor, *kernels: Tensor) -> tuple[Tensor, ...]:
     each, made once per pass and not saved: a convolution of channels-last input with a
     standard-layout kernel copies the kernel at every call, 57 copies of a 512x128x5x5 kernel
     per training step at ``w16``)."""
-    channels_last = frames.dim() == 4 and frames.stride(1) == 1
-    if not (channels_last and frames.is_contiguous(memory_format=torch.channels_last)):
+    if not _plan.is_channels_last(frames):
         return kernels
     return tuple(_plan.to_channels_last(k) for k in kernels)
 
@@ -349,8 +348,7 @@ def _empty_like(t: Tensor, rows: int, channels: int) -> Tensor:
     """An uninitialised ``(rows, channels, *S)`` tensor with ``t``'s ``(N, C, *S)`` dtype, device
     and memory format."""
     shape = (rows, channels, *t.shape[2:])
-    channels_last = t.dim() == 4 and not t.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if _plan.is_channels_last(t) else torch.contiguous_format
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt)
 
 
