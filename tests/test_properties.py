@@ -426,7 +426,7 @@ def no_training(monkeypatch):
     def run(self, signals):
         raise Reached
 
-    monkeypatch.setattr(training_module._Trainer, "run", run)
+    monkeypatch.setattr(training_module.loop.Trainer, "run", run)
 
 
 @settings(

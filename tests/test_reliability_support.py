@@ -5,7 +5,7 @@ in the package: :func:`fault_env` writes a ``sitecustomize.py`` into a folder pu
 ``PYTHONPATH``, which Python imports at start-up. Driven by the ``CONVLSTM_FAULT`` variable (JSON),
 it wraps a few functions of the package:
 
-* ``convlstm.training._Trainer._step``: logs ``step N`` after each optimiser step (to
+* ``convlstm.training.loop.Trainer._step``: logs ``step N`` after each optimiser step (to
   ``<log>.<rank>``) and can SIGKILL the process before step ``N`` (``{"at": "step"}``);
 * ``convlstm._atomic.atomic_file`` (also as imported by ``convlstm.checkpoint``): can write half
   of a file's bytes to its temporary file, fsync it and SIGKILL the process there
@@ -13,7 +13,7 @@ it wraps a few functions of the package:
 * ``convlstm._atomic._install``: logs every file put in place, and can SIGKILL the process just
   before (``"save-before-install"``: the complete temporary file is on disk, not yet renamed) or
   just after (``"save-after-install"``) the ``nth`` install of a file named ``name``;
-* the ``open`` used by ``convlstm.training`` (``metrics.jsonl``): logs writes.
+* the ``open`` used by ``convlstm.training.rundir`` (``metrics.jsonl``): logs writes.
 
 ``{"step_delay": S}`` sleeps ``S`` seconds after every step (a slower run, so that signals sent
 from outside land mid-run). ``{"rank": R}`` limits a kill to one rank under ``torchrun``; ``{"hang": true}`` sleeps forever
@@ -60,7 +60,8 @@ if _spec:
     import contextlib, io
     import convlstm._atomic as _atomic
     import convlstm.checkpoint as _checkpoint
-    import convlstm.training as _training
+    import convlstm.training.loop as _loop
+    import convlstm.training.rundir as _rundir
 
     _rank = int(os.environ.get("RANK", "0"))
     _kill = _spec.get("kill") or {}
@@ -87,7 +88,7 @@ if _spec:
         _counts[key] = _counts.get(key, 0) + 1
         return _counts[key] == _kill.get("nth", 1)
 
-    _real_step = _training._Trainer._step
+    _real_step = _loop.Trainer._step
 
     def _step(self, inputs, targets):
         if _acting and _kill.get("at") == "step" and self.state.step == _kill["step"]:
@@ -98,7 +99,7 @@ if _spec:
             time.sleep(_spec["step_delay"])
         return value
 
-    _training._Trainer._step = _step
+    _loop.Trainer._step = _step
 
     _real_atomic_file = _atomic.atomic_file
 
@@ -138,7 +139,7 @@ if _spec:
             _log(f"wrote {file}")
         return open(file, mode, *args, **kwargs)
 
-    _training.open = _open
+    _rundir.open = _open
 """
 
 

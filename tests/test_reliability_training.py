@@ -149,7 +149,7 @@ def test_skip_policy_skips_the_bad_batch_and_keeps_weights_finite(tmp_path: Path
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_an_infinite_loss_is_named_and_handled(tmp_path, monkeypatch, policy) -> None:
-    real = training._loss
+    real = training.loop._loss
     calls = {"n": 0}
 
     def loss(kind, pred, target):
@@ -157,7 +157,7 @@ def test_an_infinite_loss_is_named_and_handled(tmp_path, monkeypatch, policy) ->
         value = real(kind, pred, target)
         return value * math.inf if calls["n"] == 4 else value  # step 4: epoch 2, batch 2
 
-    monkeypatch.setattr(training, "_loss", loss)
+    monkeypatch.setattr(training.loop, "_loss", loss)
     out = tmp_path / "run"
     if policy == "stop":
         with pytest.raises(NonFiniteLossError, match=r"at step 3 \(epoch 2, batch 2 .*loss inf"):
@@ -180,14 +180,14 @@ def test_weights_that_turn_non_finite_are_never_saved(tmp_path: Path) -> None:
                 next(trainer_model["model"].parameters()).fill_(math.nan)
 
     trainer_model: dict = {}
-    real_init = training._Trainer.__init__
+    real_init = training.loop.Trainer.__init__
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         trainer_model["model"] = self.model
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training._Trainer, "__init__", init)
+        patch.setattr(training.loop.Trainer, "__init__", init)
         with pytest.raises(
             NonFiniteLossError, match=r"refusing to save last\.pt: .*NaN/inf at step 4"
         ):
@@ -247,7 +247,7 @@ def test_ctrl_c_saves_and_a_second_one_aborts(tmp_path, capsys, monkeypatch, cou
 
     straight = tmp_path / "straight"
     assert cli_train(capsys, straight)[0] == 0
-    real = training._Trainer._step
+    real = training.loop.Trainer._step
 
     def step(self, inputs, targets):
         value = real(self, inputs, targets)
@@ -258,7 +258,7 @@ def test_ctrl_c_saves_and_a_second_one_aborts(tmp_path, capsys, monkeypatch, cou
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(training._Trainer, "_step", step)
+        patch.setattr(training.loop.Trainer, "_step", step)
         code, err = cli_train(capsys, out)
     assert code == 130 and len(err.splitlines()) == 1, err
     if count == 1:
@@ -406,7 +406,7 @@ def test_a_failed_metrics_append_does_not_corrupt_the_log(tmp_path, capsys, monk
                 return FailingFile(handle, errno.ENOSPC, budget=20)
         return handle
 
-    monkeypatch.setattr(training, "open", failing_open, raising=False)
+    monkeypatch.setattr(training.rundir, "open", failing_open, raising=False)
     assert cli_train(capsys, out)[0] == 1
     monkeypatch.undo()
     assert cli_train(capsys, out, "--resume")[0] == 0
@@ -475,7 +475,7 @@ def test_a_signal_keeps_the_training_loss_of_its_epoch(tmp_path, at) -> None:
     out = tmp_path / "run"
     with pytest.raises(training.TrainingInterrupted):
         train(tiny(), out, on_step=interrupt)
-    assert load_checkpoint(out / "last.pt")["trainer"]["epoch_steps"] == 2 - (at % 2)
+    assert load_checkpoint(out / "last.pt")["trainer"]["epoch_step"] == 2 - (at % 2)
     train(tiny(), out, resume=True)
     assert metric_rows(out) == metric_rows(straight)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -500,13 +500,13 @@ def test_a_signal_at_the_end_of_an_epoch_keeps_its_training_loss(tmp_path) -> No
 
 def test_an_epoch_without_a_finite_loss_writes_null_not_nan(tmp_path, monkeypatch) -> None:
     # every step skipped: no training loss; the row must stay strict JSON
-    real = training._Trainer._step
+    real = training.loop.Trainer._step
 
     def step(self, inputs, targets):
         real(self, inputs, targets)
         return math.nan  # as a skipped step reports
 
-    monkeypatch.setattr(training._Trainer, "_step", step)
+    monkeypatch.setattr(training.loop.Trainer, "_step", step)
     train(tiny("optim.epochs=1"), tmp_path / "run")
     rows = [
         json.loads(line, parse_constant=reject)
@@ -520,7 +520,7 @@ def test_the_resume_hint_is_a_command_that_resumes(tmp_path, capsys, monkeypatch
     import signal
 
     out = tmp_path / "a run folder"  # a space: the command must quote it
-    real = training._Trainer._step
+    real = training.loop.Trainer._step
 
     def step(self, inputs, targets):
         value = real(self, inputs, targets)
@@ -529,7 +529,7 @@ def test_the_resume_hint_is_a_command_that_resumes(tmp_path, capsys, monkeypatch
         return value
 
     with monkeypatch.context() as patch:
-        patch.setattr(training._Trainer, "_step", step)
+        patch.setattr(training.loop.Trainer, "_step", step)
         code, err = cli_train(capsys, out)
     assert code == 143
     command = shlex.split(err.split("continue with: ")[1])

@@ -275,10 +275,10 @@ def test_schedules() -> None:
 def test_losses_let_nan_reach_the_nonfinite_policy() -> None:
     pred, target = torch.full((2, 3), 0.25), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     expected = torch.nn.functional.binary_cross_entropy(pred, target)
-    torch.testing.assert_close(training._loss("bce", pred, target), expected)
+    torch.testing.assert_close(training.loop._loss("bce", pred, target), expected)
     pred[0, 0] = math.nan
     for kind in ("mse", "mse+l1", "bce"):
-        assert math.isnan(float(training._loss(kind, pred, target)))
+        assert math.isnan(float(training.loop._loss(kind, pred, target)))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -441,7 +441,7 @@ def test_resume_tidies_an_interrupted_folder(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monkeypatch) -> None:
-    real_loss = training._loss
+    real_loss = training.loop._loss
     calls = {"n": 0}
 
     def flaky(kind, pred, target):
@@ -449,7 +449,7 @@ def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monke
         loss = real_loss(kind, pred, target)
         return loss * math.nan if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(training, "_loss", flaky)
+    monkeypatch.setattr(training.loop, "_loss", flaky)
     out = tmp_path / "run"
     with pytest.raises(
         NonFiniteLossError, match=r"at step 2 \(epoch 2, batch 1 .*last good checkpoint"
@@ -468,14 +468,14 @@ def test_time_budget_and_early_stopping(tmp_path: Path, monkeypatch) -> None:
     result = train(tiny("run.max_minutes=1e-6", "run.threads=2"), tmp_path / "budget")
     assert result.stop_reason == "time_budget" and result.steps == 1
     assert torch.get_num_threads() == 1  # run.threads applied during training only
-    monkeypatch.setattr(training._Trainer, "validate", lambda self: 5.0)
+    monkeypatch.setattr(training.loop.Trainer, "validate", lambda self: 5.0)
     result = train(tiny("run.patience=1", "optim.epochs=5"), tmp_path / "patience")
     assert result.stop_reason == "early_stopping" and result.epochs == 2
 
 
 def test_time_budget_leaves_room_for_the_final_report(tmp_path: Path, monkeypatch) -> None:
     probed = []
-    probe = training._Trainer._probe_report
+    probe = training.loop.Trainer._probe_report
 
     def spy(self):
         before = torch.get_rng_state()
@@ -483,13 +483,13 @@ def test_time_budget_leaves_room_for_the_final_report(tmp_path: Path, monkeypatc
         assert torch.equal(torch.get_rng_state(), before)  # training's random stream untouched
         return probed[-1]
 
-    monkeypatch.setattr(training._Trainer, "_probe_report", spy)
+    monkeypatch.setattr(training.loop.Trainer, "_probe_report", spy)
     budget = ("run.max_minutes=60", "run.eval_samples=1000", "optim.epochs=4")
     result = train(tiny(*budget), tmp_path / "probed")
     assert result.steps == 8 and len(probed) == 1  # probed once, after the first validation
-    assert training._REPORT_FILES_S < probed[0] < 60 * 60
+    assert training.budget.REPORT_FILES_S < probed[0] < 60 * 60
     # a report that needs the whole budget stops training at the first plan after the probe
-    monkeypatch.setattr(training._Trainer, "_probe_report", lambda self: 3600.0)
+    monkeypatch.setattr(training.loop.Trainer, "_probe_report", lambda self: 3600.0)
     result = train(tiny(*budget), tmp_path / "no_time")
     assert result.stop_reason == "time_budget" and result.steps < 8
 

@@ -14,7 +14,6 @@ model_state        ``model.state_dict()``
 config             the full resolved training configuration (nested plain values)
 optimizer          ``optimizer.state_dict()`` (``None`` in weights-only exports)
 scheduler          ``scheduler.state_dict()``
-grad_scaler        the gradient scaler's state, or ``None`` (bf16/fp32 need none)
 epoch, step        the epoch and the global optimiser step reached; ``epoch_step`` the steps
                    done inside ``epoch`` (0 at an epoch boundary)
 best_metric        best validation loss so far (``None`` before the first validation)

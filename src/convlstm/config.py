@@ -146,13 +146,19 @@ class RunConfig:
     model on a 2-core Xeon without AMX, a few seconds from inductor's on-disk cache), and each new
     shape compiles again (the validation batches); its training step then took 84 against 105 ms.
     Worth it for long runs, not for the default 14-minute budget.
+    ``channels_last``: the memory format of the 2-D layers during training, as
+    :func:`convlstm.fast.settings` (``channels_last=``) takes it: ``none`` (default) lets the
+    per-shape plan choose, ``true`` forces channels-last (the weights are stored so too),
+    ``false`` forces the standard layout.
     ``max_minutes`` bounds the training time: the step budget is re-planned from the measured
     speed so that the learning-rate schedule, the validations and the final report of
     ``eval_samples`` sequences (timed on one batch after the first validation) end in time;
     training stops at ``max_minutes`` in any case. ``patience``: stop after that many epochs
     without a better validation loss (0: never). ``nonfinite``: on a NaN/inf loss or gradient,
     ``stop`` (default) or ``skip`` the step, at most ``max_skips`` times. ``dist_timeout_s``
-    bounds every collective under ``torchrun``.
+    bounds every collective under ``torchrun``. ``progress``: print a line per epoch (and,
+    on a terminal, progress bars). ``tensorboard``: write TensorBoard logs to ``tensorboard/`` in
+    the run folder (:mod:`convlstm.training.tensorboard`; needs the ``tensorboard`` package).
     """
 
     seed: int = 0
@@ -160,12 +166,13 @@ class RunConfig:
     threads: int = 0
     precision: str = "auto"
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool | None = None
     max_minutes: float | None = None
     patience: int = 0
     nonfinite: str = "stop"
     max_skips: int = 10
     progress: bool = True
+    tensorboard: bool = False
     dist_timeout_s: float = 600.0
     eval_samples: int = 1000
     eval_batch_size: int = 32

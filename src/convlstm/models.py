@@ -77,6 +77,8 @@ class EncoderForecaster(nn.Module):
         shared: one stack both reads and forecasts (as in OpenSTL's ConvLSTM): its output after
             the last input frame gives the first forecast frame, and every later step reads the
             previous frame. ``False`` (default) uses separate encoder and forecaster stacks.
+        checkpoint_steps: activation recomputation in every layer (see
+            :class:`~convlstm.layers.ConvLSTM2d`): less memory in training, more time.
 
     Inputs: ``inputs, horizon, *, targets=None, teacher_forcing=0.0``
         - ``inputs``: ``(B, T_in, C, H, W)``.
@@ -112,6 +114,7 @@ class EncoderForecaster(nn.Module):
         norm: str | None = None,
         peephole: str | None = None,
         shared: bool = False,
+        checkpoint_steps: bool = False,
     ) -> None:
         super().__init__()
         hidden = [hidden_channels] if isinstance(hidden_channels, int) else list(hidden_channels)
@@ -143,7 +146,9 @@ class EncoderForecaster(nn.Module):
         self.output_activation = output_activation
         self._activation = OUTPUT_ACTIVATIONS[output_activation]
         channels = in_channels * patch_size**2
-        stack: dict[str, Any] = dict(norm=norm, peephole=peephole)
+        stack: dict[str, Any] = dict(
+            norm=norm, peephole=peephole, checkpoint_steps=bool(checkpoint_steps)
+        )
         self.encoder = ConvLSTM2d(channels, hidden, kernels, **stack)
         self.forecaster = None if shared else ConvLSTM2d(channels, hidden, kernels, **stack)
         readout_in = sum(hidden) if readout == "concat" else hidden[-1]
@@ -161,6 +166,7 @@ class EncoderForecaster(nn.Module):
             norm=norm,
             peephole=peephole,
             shared=bool(shared),
+            checkpoint_steps=bool(checkpoint_steps),
         )
         """The constructor's arguments as plain Python values: ``EncoderForecaster(**config)``
         builds the same architecture."""
@@ -305,6 +311,7 @@ _DEFAULTS: dict[str, Any] = dict(
     norm=None,
     peephole=None,
     shared=False,
+    checkpoint_steps=False,
 )
 
 _MODELS: dict[str, dict[str, Any]] = {
