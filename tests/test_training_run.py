@@ -167,8 +167,8 @@ def test_tensorboard_is_opt_in_and_logs_curves_images_and_hparams(tmp_path: Path
     val = events.Scalars("val/mse_frame")
     assert [e.step for e in val] == [r["step"] for r in rows(out)] == [2, 4]
     assert [e.value for e in val] == pytest.approx([r["val_mse_frame"] for r in rows(out)])
-    best = events.Scalars("hparams/best_val_mse_frame")[-1].value
-    assert best == pytest.approx(result.best_metric, rel=1e-6)
+    (best,) = events.Scalars("hparams/best_val_mse_frame")
+    assert (best.step, best.value) == (4, pytest.approx(result.best_metric, rel=1e-6))
     images = events.Images("val/forecasts")
     assert [image.step for image in images] == [2, 4]  # at each validation
     # 4 sequences of 32x32 frames: 3 input | 2 truth | 2 forecast, 2-pixel gaps

@@ -231,6 +231,7 @@ class Trainer:
                     "hparams/best_val_mse_frame": state.best_metric,
                     "hparams/final_val_mse_frame": self.last_val,
                 },
+                state.step,
             )
         return TrainResult(
             out_dir=self.out_dir,

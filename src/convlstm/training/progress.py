@@ -15,14 +15,15 @@ __all__ = ["epoch_bar", "epoch_line", "fmt", "header_line", "say"]
 
 
 def _on_terminal() -> bool:
-    """Whether the bars' stream (stderr) is a terminal."""
+    """Whether bars can be drawn: stderr is a terminal, or a Jupyter kernel shows them as
+    widgets (``tqdm.auto`` chose its notebook bar)."""
     isatty = getattr(sys.stderr, "isatty", None)
-    return bool(isatty and isatty())
+    return bool(isatty and isatty()) or tqdm.__module__.startswith("tqdm.notebook")
 
 
 def epoch_bar(epoch: int, total: int, initial: int, show: bool) -> tqdm:
     """The bar of ``epoch`` (1-based) over ``total`` batches from ``initial``; shown only when
-    ``show`` and stderr is a terminal (a disabled bar accepts the same calls)."""
+    ``show`` and stderr is a terminal or a notebook (a disabled bar accepts the same calls)."""
     return tqdm(
         total=total,
         initial=initial,

@@ -154,17 +154,21 @@ def flat_hparams(
 
 
 def log_hparams(
-    writer: Any, hparams: Mapping[str, bool | int | float | str], metrics: Mapping[str, float]
+    writer: Any,
+    hparams: Mapping[str, bool | int | float | str],
+    metrics: Mapping[str, float],
+    step: int | None = None,
 ) -> None:
-    """Record ``hparams`` with the run's final ``metrics`` in the writer's own event file (unlike
-    ``SummaryWriter.add_hparams``, which starts another run folder)."""
+    """Record ``hparams`` with the run's final ``metrics`` (as scalars at ``step``) in the
+    writer's own event file (unlike ``SummaryWriter.add_hparams``, which starts another run
+    folder)."""
     from torch.utils.tensorboard.summary import hparams as summary
 
     experiment, start, end = summary(dict(hparams), dict(metrics))
     for record in (experiment, start, end):
         writer.file_writer.add_summary(record)
     for name, value in metrics.items():
-        writer.add_scalar(name, value)
+        writer.add_scalar(name, value, step)
 
 
 class TrainingBoard:
@@ -215,10 +219,11 @@ class TrainingBoard:
         self,
         hparams: Mapping[str, bool | int | float | str],
         metrics: Mapping[str, float | None],
+        step: int,
     ) -> None:
-        """Record the hyperparameters with the defined ``metrics``."""
+        """Record the hyperparameters with the defined ``metrics`` (at the final ``step``)."""
         defined = {k: v for k, v in metrics.items() if v is not None and math.isfinite(v)}
-        log_hparams(self.writer, hparams, defined)
+        log_hparams(self.writer, hparams, defined, step)
 
     def flush(self) -> None:
         """Write pending events to disk."""
