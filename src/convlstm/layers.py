@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 from convlstm import _plan
 from convlstm._checks import check_positive, check_probability
-from convlstm._recurrence import recurrence
+from convlstm._layout import to_channels_last
+from convlstm._recurrence import Run, recurrence
 from convlstm.cells import Activation, ConvLSTMCell, Padding, State
 
 __all__ = ["ConvLSTM", "ConvLSTM1d", "ConvLSTM2d", "ConvLSTM3d"]
@@ -333,18 +334,23 @@ class ConvLSTM(nn.Module):
         batch = x.shape[0]
         repeated = x.dim() == self.spatial_dims + 2  # one frame fed at every step
         frame = x if repeated else x[:, 0]
-        channels_last = _plan.use_channels_last(cell, frame)
+        geometry = cell.geometry(frame.shape[2:])
+        checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
+        plan = _plan.plan_layer(
+            geometry, frame, steps, dtype=cell.weight_hh.dtype, repeated=repeated,
+            masked=valid is not None, checkpointed=checkpointed,
+        )  # fmt: skip
+        channels_last = plan.channels_last
         if channels_last and state is not None:
-            state = (_plan.to_channels_last(state[0]), _plan.to_channels_last(state[1]))
+            state = (to_channels_last(state[0]), to_channels_last(state[1]))
         h_mask = None
         if self.recurrent_dropout and self.training:
-            shape = (batch, cell.hidden_channels, *cell.output_size(frame.shape[2:]))
+            shape = (batch, cell.hidden_channels, *geometry.output_size)
             h_mask = F.dropout(frame.new_ones(shape), self.recurrent_dropout, training=True)
-            h_mask = _plan.to_channels_last(h_mask) if channels_last else h_mask
-        checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
-        joint = not repeated and _plan.use_joint_conv(cell, frame, steps)
-        if not (repeated or joint) and valid is None and _plan.use_fused_loop(cell, frame):
-            return _run_fused_loop(cell, x, state, h_mask, reverse, channels_last, checkpointed)
+            h_mask = to_channels_last(h_mask) if channels_last else h_mask
+        if plan.fused:
+            run = Run(geometry, steps, reverse, recompute=checkpointed)
+            return _run_fused_loop(cell, x, state, h_mask, run, channels_last)
         order = None
         times = range(steps)
         if reverse and valid is None:
@@ -355,19 +361,17 @@ class ConvLSTM(nn.Module):
                 x = x[torch.arange(batch, device=x.device)[:, None], order]
         # One input convolution for the whole sequence, or one per step (joint with the
         # recurrent convolution, or inside a checkpoint to keep no gate tensor for backward).
-        per_step = not repeated and (checkpointed or joint)
-        if repeated:
-            frames = _plan.to_channels_last(x) if channels_last else x
+        per_step = plan.input_conv in ("joint", "per_step")
+        if plan.input_conv == "once":
+            frames = to_channels_last(x) if channels_last else x
             gates = cell.input_conv(frames).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
         elif per_step:
-            frames = _plan.to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
+            frames = to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
         else:
             frames = x.flatten(0, 1)
-            gates = cell.input_conv(_plan.to_channels_last(frames) if channels_last else frames)
+            gates = cell.input_conv(to_channels_last(frames) if channels_last else frames)
             gates = gates.view(batch, steps, *gates.shape[1:])
-        joint_weight = None
-        if joint and not checkpointed:
-            joint_weight = cell.joint_weight()
+        joint_weight = cell.joint_weight() if plan.input_conv == "joint" else None
         # unbind, not indexing per step: the backward of T selects would build T full-size
         # zero tensors, that of one unbind stacks the T gradients once.
         inputs = (frames if per_step else gates).unbind(1)
@@ -445,16 +449,15 @@ def _run_fused_loop(
     x: Tensor,
     state: State | None,
     h_mask: Tensor | None,
-    reverse: bool,
+    run: Run,
     channels_last: bool,
-    recompute: bool,
 ) -> tuple[Tensor, State]:
     """:meth:`ConvLSTM._run` as one autograd node per layer (:mod:`convlstm._recurrence`):
     ``x`` ``(B, T, C, *S)`` -> ``output (B, T, C_h, *S')`` (a view of time-major memory) and the
-    final ``(h, c)``; ``recompute`` recomputes the gates in backward instead of saving them."""
+    final ``(h, c)``; ``run.recompute`` recomputes the gates in backward instead of saving them."""
     batch, steps = x.shape[:2]
     frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
-    frames = _plan.to_channels_last(frames) if channels_last else frames
+    frames = to_channels_last(frames) if channels_last else frames
     peepholes: list[Tensor | None] = [cell.weight_ci, cell.weight_cf, cell.weight_co]
     if channels_last and cell.peephole == "spatial":  # (C, H, W) in the states' memory order
         cl = torch.channels_last
@@ -463,13 +466,9 @@ def _run_fused_loop(
         ]
     w_ci, w_cf, w_co = peepholes
     weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co)
-    geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
-    hs, c_last = recurrence(
-        frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse,
-        recompute,
-    )  # fmt: skip
+    hs, c_last = recurrence(frames, state, weights, h_mask, run)
     out = hs.unflatten(0, (steps, batch)).transpose(0, 1)
-    return out, (out[:, 0 if reverse else -1], c_last)
+    return out, (out[:, 0 if run.reverse else -1], c_last)
 
 
 def _checkpointed_step(
