@@ -309,7 +309,9 @@ class ConvLSTMCell(nn.Module):
 
     def check_input(self, x: Tensor, name: str = "x", frame_dims: int = 0) -> None:
         """Raise a clear error unless ``x`` is ``(B, *frames, C_in, *S)`` with ``frame_dims`` leading
-        frame dimensions (0 for a single frame, 1 for a sequence)."""
+        frame dimensions (0 for a single frame, 1 for a sequence), floating point and in the
+        parameters' dtype (or, under :func:`torch.autocast`, one it casts: not float64). A
+        float64 input to a float32 cell is an error, not a silent cast."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         expected = self.spatial_dims + 2 + frame_dims
@@ -337,6 +339,16 @@ class ConvLSTMCell(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        dtype = self.weight_ih.dtype
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype != dtype and (x.dtype == torch.float64 or not autocast):
+            # torch.nn raises a bare dtype mismatch deep in the convolution; casting silently
+            # would drop float64 precision (or hide a half-precision mix-up): say so here.
+            raise TypeError(
+                f"{name} must have the parameters' dtype {dtype}, got {x.dtype}: convert the "
+                f"input ({name}.to({dtype})) or the module (.to({x.dtype})); torch.autocast "
+                "casts float32 and half-precision inputs, not float64"
+            )
 
     def _spatial_names(self) -> str:
         return ", ".join(("D", "H", "W")[3 - self.spatial_dims :])

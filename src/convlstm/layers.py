@@ -7,6 +7,7 @@ state spatial size (equal to ``*S`` with the default "same" padding and stride 1
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -52,7 +53,9 @@ class ConvLSTM(nn.Module):
         batch_first: ``input`` and ``output`` are ``(B, T, ...)`` if True (default), else ``(T, B, ...)``.
         bidirectional: add a reverse-time cell per layer; outputs of both directions are
             concatenated along channels.
-        dropout: dropout on the outputs of each layer except the last, in training only.
+        dropout: dropout on the outputs of each layer except the last, in training only (with
+            one layer it has nothing to act on, and a warning says so, as in
+            :class:`torch.nn.LSTM`).
         recurrent_dropout: dropout on ``h`` before the recurrent convolution, with one mask per
             sequence held fixed across time (Gal & Ghahramani; Keras semantics), in training only.
         stride, padding, dilation, bias, peephole, activation, recurrent_activation,
@@ -70,13 +73,16 @@ class ConvLSTM(nn.Module):
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
-          frame ``t`` fed at step ``t``; or, with ``steps=N``, one frame ``(B, C_in, *S)`` fed at
+          ``T >= 1``, in the parameters' dtype (under :func:`torch.autocast` also one it casts;
+          a float64 input to a float32 layer is an error, not a silent cast), frame ``t`` fed at
+          step ``t``; or, with ``steps=N``, one frame ``(B, C_in, *S)`` fed at
           each of ``N`` steps (its input convolution is computed once).
         - ``state``: ``None`` (zeros) or what a previous call returned as ``states``: a list of
           ``num_layers * D`` pairs ``(h, c)``, each ``(B, C_h, *S')``, ordered layer by layer with
           the forward direction first. A single pair is accepted for a one-layer unidirectional
           stack. Passing the states back makes a sequence processed in chunks give exactly the
-          result of one call (streaming).
+          result of one call (streaming) -- for a unidirectional stack only: the reverse
+          direction of a bidirectional one needs the end of the whole sequence.
         - ``lengths``: optional ``(B,)`` integer tensor of sequence lengths in ``[1, T]``. Past a
           sequence's end its state stops changing and its outputs are zero; ``states`` then hold
           each sequence's state at its own last step (the reverse direction starts there).
@@ -84,7 +90,8 @@ class ConvLSTM(nn.Module):
     Outputs: ``output, states``
         - ``output``: the last layer's ``h`` at every step, ``(B, T, D*C_h_last, *S'_last)``
           (``(T, B, ...)`` if not ``batch_first``). Selecting steps, as the tutorial's
-          ``effective_step`` did, is indexing: ``output[:, [4, 9]]``.
+          ``effective_step`` did, is indexing: ``output[:, [4, 9]]``. It may be a
+          channels-last strided tensor (below): call ``.contiguous()`` before ``.view``.
         - ``states``: list of ``num_layers * D`` pairs ``(h_n, c_n)`` as described for ``state``.
 
         Where it measures faster (see :mod:`convlstm._plan`), 2-D layers run in the channels-last
@@ -154,6 +161,14 @@ class ConvLSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dropout = check_probability(dropout, "dropout")
+        if self.dropout and self.num_layers == 1:
+            warnings.warn(
+                "dropout acts between layers, after all but the last, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={self.dropout} and "
+                f"num_layers={self.num_layers}",
+                UserWarning,
+                stacklevel=2,
+            )
         self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
         kernels = _per_layer(kernel_size, self.num_layers, "kernel_size")
         strides = _per_layer(stride, self.num_layers, "stride")
@@ -232,6 +247,11 @@ class ConvLSTM(nn.Module):
             first.check_input(input, "input", frame_dims=1)
             x = input if self.batch_first else input.transpose(0, 1)
             num_steps = x.shape[1]
+            if num_steps == 0:
+                raise ValueError(
+                    f"input must hold at least one time step, got T=0 (shape "
+                    f"{tuple(input.shape)}, {'(B, T' if self.batch_first else '(T, B'}, ...))"
+                )
         batch = x.shape[0]
         self._check_deeper_sizes(tuple(x.shape[-self.spatial_dims :]))
         valid = self._valid_mask(lengths, batch, num_steps, x.device)
