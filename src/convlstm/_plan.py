@@ -46,8 +46,6 @@ CHANNELS_LAST_MIN_WORK = 1 << 16
 CUDA_CHANNELS_LAST_MIN_HIDDEN = 128
 """Fewest hidden channels for channels-last on CUDA in full precision."""
 
-INPUT_CONVS = ("batched", "joint", "per_step", "once")
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

@@ -38,7 +38,7 @@ __all__ = [
     "tune_cpu_allocator",
 ]
 
-INPUT_CONVS = (None, "batched", "joint")
+_INPUT_CONVS = (None, "batched", "joint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def current() -> Settings:
 @contextlib.contextmanager
 def _override(**changes: Any) -> Iterator[Settings]:
     """Within the block, replace the named fields of the current settings."""
-    if changes.get("input_conv") not in INPUT_CONVS:
+    if changes.get("input_conv") not in _INPUT_CONVS:
         raise ValueError(
             f"input_conv must be None, 'batched' or 'joint', got {changes['input_conv']!r}"
         )
