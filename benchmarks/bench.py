@@ -1,4 +1,4 @@
-"""Benchmark suite of convlstm; a thin script over :mod:`convlstm.benchmark` (``convlstm benchmark``).
+"""Benchmark suite of convlstm; a thin script over :mod:`convlstm.bench` (``convlstm benchmark``).
 
 Examples::
 
@@ -9,7 +9,7 @@ Examples::
 
 import sys
 
-from convlstm.benchmark import main
+from convlstm.bench import main
 
 if __name__ == "__main__":
     sys.exit(main())

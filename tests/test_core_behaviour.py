@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -259,6 +260,27 @@ def _forward_errors():
         ),
         (lambda: layer(x.numpy()), TypeError, "input must be a torch.Tensor, got ndarray"),
         (
+            lambda: layer(x.double()),
+            TypeError,
+            "input must have the parameters' dtype torch.float32, got torch.float64: convert "
+            "the input (input.to(torch.float32)) or the module (.to(torch.float64))",
+        ),
+        (
+            lambda: ConvLSTMCell2d(2, 3, 3)(x[:, 0].double()),
+            TypeError,
+            "x must have the parameters' dtype torch.float32, got torch.float64",
+        ),
+        (
+            lambda: layer(x[:, :0]),
+            ValueError,
+            "input must hold at least one time step, got T=0 (shape (2, 0, 2, 6, 6), (B, T, ...))",
+        ),
+        (
+            lambda: ConvLSTM2d(2, 3, 3, batch_first=False)(x[:, :0].transpose(0, 1)),
+            ValueError,
+            "got T=0 (shape (0, 2, 2, 6, 6), (T, B, ...))",
+        ),
+        (
             lambda: spatial(torch.randn(1, 2, 2, 7, 6)),
             ValueError,
             "spatial size must match spatial_size=(6, 6) given at construction, got (7, 6)",
@@ -311,3 +333,35 @@ def test_deterministic_given_a_seed():
 
     (a, ga), (b, gb) = run(), run()
     assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_other_dtypes_only_where_autocast_casts_them():
+    """Without autocast the layer refuses a dtype other than its parameters' (above); under
+    autocast it takes what autocast casts (bfloat16 here), and still refuses float64, which
+    autocast leaves alone."""
+    layer = ConvLSTM2d(2, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = layer(torch.randn(1, 2, 2, 5, 5, dtype=torch.bfloat16))
+        assert out.dtype == torch.bfloat16
+        with pytest.raises(TypeError, match=r"torch\.autocast casts float32 and half-precision"):
+            layer(torch.randn(1, 2, 2, 5, 5, dtype=torch.float64))
+
+
+def test_one_layer_with_dropout_warns_as_torch_lstm_does():
+    with pytest.warns(UserWarning, match=r"dropout=0.3 and num_layers=1"):
+        ConvLSTM2d(1, 2, 3, dropout=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ConvLSTM2d(1, [2, 2], 3, dropout=0.3)  # between two layers: no warning
+        ConvLSTM2d(1, 2, 3)
+
+
+def test_linear_activation_is_a_function_not_a_shared_module():
+    """``"linear"`` once mapped to one ``nn.Identity()`` registered as a submodule of every
+    cell that used it; now it is a plain function: no submodule, the same state_dict."""
+    a = ConvLSTMCell2d(1, 2, 3, activation="linear", recurrent_activation="linear")
+    b = ConvLSTMCell2d(1, 2, 3)
+    assert list(a.children()) == [] and a.state_dict().keys() == b.state_dict().keys()
+    x = torch.randn(3, 4)
+    assert a.activation(x) is x
+    assert "activation='linear'" in repr(a)

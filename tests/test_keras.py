@@ -1,6 +1,8 @@
 """convlstm against Keras 3's ConvLSTM1D/2D/3D (torch backend): conversion and numerical equality."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -411,3 +413,30 @@ def test_to_keras_last_layer_and_spatial_size():
 def test_to_keras_rejects(module, match):
     with pytest.raises(ValueError, match=match):
         to_keras(module)
+
+
+def test_from_keras_without_a_backend_says_to_set_keras_backend(tmp_path):
+    """Keras 3 defaults to TensorFlow: with it absent and no backend configured, ``import keras``
+    fails deep inside Keras; from_keras and to_keras say what to set instead."""
+    code = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None  # as if TensorFlow were not installed\n"
+        "from convlstm import ConvLSTM2d\n"
+        "from convlstm.interop import from_keras, to_keras\n"
+        "for call in (lambda: from_keras([]), lambda: to_keras(ConvLSTM2d(1, 2, 3), (4, 4))):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ImportError as error:\n"
+        "        print(error)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["HOME"] = str(tmp_path)  # no ~/.keras/keras.json naming a backend
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 2, result.stdout
+    for line, caller in zip(lines, ("from_keras", "to_keras"), strict=True):
+        assert line.startswith(f"{caller}: Keras could not load its backend: tensorflow")
+        assert "Set the environment variable KERAS_BACKEND=torch" in line

@@ -1,4 +1,7 @@
-"""Per-shape choices of how a layer runs: memory format and how the input convolution is batched.
+"""How a layer runs, decided in one place: :func:`plan_layer` returns a :class:`Plan` (memory
+format, how the input convolution is batched, whether the whole layer runs as one autograd node)
+from the cell's public description (:class:`~convlstm._geometry.CellGeometry`), the input frame
+and the switches of :mod:`convlstm.fast`; the layer (:mod:`convlstm.layers`) executes it.
 
 The rules come from ``benchmarks/`` measurements (``benchmarks/README.md``); every choice gives
 the same function, and :func:`convlstm.fast.settings` can force each one.
@@ -20,24 +23,21 @@ the same function, and :func:`convlstm.fast.settings` can force each one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from convlstm import _settings
-
-if TYPE_CHECKING:
-    from convlstm.cells import ConvLSTMCell
+from convlstm import fast
+from convlstm._geometry import CellGeometry
 
 __all__ = [
     "CHANNELS_LAST_MIN_WORK",
     "CUDA_CHANNELS_LAST_MIN_HIDDEN",
-    "is_channels_last",
-    "to_channels_last",
+    "Plan",
+    "plan_layer",
     "use_channels_last",
-    "use_fused_loop",
     "use_joint_conv",
 ]
 
@@ -47,76 +47,107 @@ CUDA_CHANNELS_LAST_MIN_HIDDEN = 128
 """Fewest hidden channels for channels-last on CUDA in full precision."""
 
 
-def use_channels_last(cell: ConvLSTMCell, frame: Tensor) -> bool:
-    """Run ``cell`` in channels-last for frames shaped like ``frame`` ``(B, C_in, *S)``?"""
-    if cell.spatial_dims != 2:
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one direction of one layer runs over a sequence.
+
+    Attributes:
+        channels_last: run the 2-D convolutions and states in the channels-last memory format.
+        input_conv: ``"batched"``: one input convolution of the whole sequence; ``"joint"``: one
+            convolution of ``[x_t, h]`` with ``[W_ih, W_hh]`` per step; ``"per_step"``: the input
+            convolution of each step inside that step's checkpoint; ``"once"``: a single frame
+            fed at every step, convolved once.
+        fused: the whole layer as one autograd node (:mod:`convlstm._recurrence`), which then
+            runs the batched input convolution itself.
+    """
+
+    channels_last: bool
+    input_conv: str
+    fused: bool
+
+
+def use_channels_last(geometry: CellGeometry, frame: Tensor) -> bool:
+    """Run a cell described by ``geometry`` in channels-last for frames shaped like ``frame``
+    ``(B, C_in, *S)``?"""
+    if geometry.spatial_dims != 2:
         return False
-    forced = _settings.current().channels_last
+    forced = fast.current().channels_last
     if forced is not None:
         return forced
     if frame.device.type == "cuda":
         return (
             torch.is_autocast_enabled("cuda")
-            or cell.hidden_channels >= CUDA_CHANNELS_LAST_MIN_HIDDEN
+            or geometry.hidden_channels >= CUDA_CHANNELS_LAST_MIN_HIDDEN
         )
-    work = frame.shape[0] * cell.hidden_channels * math.prod(cell.output_size(frame.shape[2:]))
+    work = frame.shape[0] * geometry.hidden_channels * math.prod(geometry.output_size)
     return frame.device.type == "cpu" and work >= CHANNELS_LAST_MIN_WORK
 
 
-def use_joint_conv(cell: ConvLSTMCell, frame: Tensor, steps: int) -> bool:
+def use_joint_conv(geometry: CellGeometry, frame: Tensor, steps: int) -> bool:
     """Convolve ``[x_t, h]`` jointly at each of ``steps`` steps for frames shaped like ``frame``?
 
     Only possible when the input convolution has the recurrent one's geometry (stride 1, no
     dilation, the same symmetric "same" padding) and the bias goes into the convolution
-    (no ``norm``).
+    (no ``norm``): :attr:`~convlstm._geometry.CellGeometry.joint_possible`.
     """
-    if not cell.joint_conv_possible(frame.shape[2:]):
+    if not geometry.joint_possible:
         return False
-    forced = _settings.current().input_conv
+    forced = fast.current().input_conv
     if forced is not None:
         return forced == "joint"
     return frame.device.type == "cpu" and steps == 1
 
 
-def use_fused_loop(cell: ConvLSTMCell, frame: Tensor) -> bool:
+def _use_fused_loop(geometry: CellGeometry, frame: Tensor, dtype: torch.dtype) -> bool:
     """Run a layer's time loop as one autograd node (:mod:`convlstm._recurrence`)?
 
     Whenever it applies: sigmoid/tanh gates without ``norm``, symmetric padding of both
-    convolutions (odd kernels), one dtype without autocast, eager mode. The caller also requires a
-    plain sequence (no ``lengths``, no repeated frame, no checkpointing). Not under tracing.
+    convolutions (odd kernels), the weights' ``dtype`` without autocast, eager mode (not under
+    compilers or tracers).
     """
-    pads = cell._input_pads(frame.shape[2:])
     return (
-        _settings.current().fused_loop
-        and cell.norm is None
-        and all(lo == hi for lo, hi in pads)
-        and cell.activation is torch.tanh
-        and cell.recurrent_activation is torch.sigmoid
-        and cell._hh_pad is None
-        and frame.dtype == cell.weight_hh.dtype
+        fast.current().fused_loop
+        and geometry.fusable_loop
+        and frame.dtype == dtype
         and not torch.is_autocast_enabled(frame.device.type)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()  # TorchScript tracing and the legacy ONNX exporter
     )
 
 
-def to_channels_last(t: Tensor) -> Tensor:
-    """``t`` ``(N, C, H, W)`` in the channels-last memory format (no copy if it already is).
+def plan_layer(
+    geometry: CellGeometry,
+    frame: Tensor,
+    steps: int,
+    *,
+    dtype: torch.dtype,
+    repeated: bool = False,
+    masked: bool = False,
+    checkpointed: bool = False,
+) -> Plan:
+    """The :class:`Plan` of one direction of one layer.
 
-    A one-channel tensor is both contiguous and channels-last, and convolutions then take the
-    standard layout: it gets channels-last strides (a view of the same memory). On a 2-core Xeon
-    without AMX, a 1-to-256-channel 3x3 convolution of 80 frames of 64x64 ran its forward pass
-    2.1x and its weight gradient 6x faster so, and its output stays channels-last.
+    Args:
+        geometry: the cell's description for ``frame``'s spatial size.
+        frame: a frame ``(B, C_in, *S)`` of the input (its device, dtype and size count).
+        steps: number of steps ``T``.
+        dtype: the cell's weights' dtype.
+        repeated: one frame fed at every step (``steps=`` of the layer).
+        masked: sequences of unequal ``lengths``.
+        checkpointed: ``checkpoint_steps`` in force (training with autograd).
+
+    Example:
+        >>> from convlstm import ConvLSTMCell
+        >>> cell = ConvLSTMCell(1, 8, 3, spatial_dims=2)
+        >>> frame = torch.zeros(2, 1, 16, 16)
+        >>> plan_layer(cell.geometry((16, 16)), frame, 10, dtype=torch.float32)
+        Plan(channels_last=False, input_conv='batched', fused=True)
     """
-    t = t.contiguous(memory_format=torch.channels_last)
-    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # exporters: no as_strided
-    if t.shape[1] == 1 and t.stride(1) != 1 and not tracing:
-        h, w = t.shape[2:]
-        t = t.as_strided(t.shape, (h * w, 1, w, 1), t.storage_offset())
-    return t
-
-
-def is_channels_last(t: Tensor) -> bool:
-    """Whether the dense ``t`` ``(N, C, H, W)`` is laid out channels-last: its channels adjacent
-    in memory, one-channel tensors with :func:`to_channels_last`'s strides included."""
-    return t.dim() == 4 and t.stride(1) == 1 and t.is_contiguous(memory_format=torch.channels_last)
+    channels_last = use_channels_last(geometry, frame)
+    if repeated:
+        return Plan(channels_last, "once", False)
+    if use_joint_conv(geometry, frame, steps):
+        return Plan(channels_last, "per_step" if checkpointed else "joint", False)
+    if not masked and _use_fused_loop(geometry, frame, dtype):
+        return Plan(channels_last, "batched", True)
+    return Plan(channels_last, "per_step" if checkpointed else "batched", False)

@@ -28,17 +28,20 @@ gradients equal per-step autograd's up to rounding (``tests/test_fast_paths.py``
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from convlstm import _gates, _plan
+from convlstm import _gates
+from convlstm._geometry import CellGeometry
+from convlstm._layout import is_channels_last, to_channels_last
 
-__all__ = ["CHUNKS", "Recurrence", "recurrence"]
+__all__ = ["CHUNKS", "Recurrence", "Run", "recurrence"]
 
-Conv = Callable[..., Tensor]
 _conv_backward = torch.ops.aten.convolution_backward
 # oneDNN's convolution with an "add" post-op, which accumulates into its destination in place
 # (the op inductor uses for conv + add on CPU).
@@ -48,16 +51,44 @@ CHUNKS = 4
 """Backward hands the gate gradients to the weight gradients in this many chunks of steps."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What the node runs besides its tensors: the cell's ``geometry`` (odd kernels, symmetric
+    padding), ``steps`` ``T``, ``reverse`` (from the last frame to the first) and ``recompute``
+    (save no gate activations; recompute them in backward, a chunk of steps at a time)."""
+
+    geometry: CellGeometry
+    steps: int
+    reverse: bool = False
+    recompute: bool = False
+
+    def input_conv(self, frames: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
+        """The input convolution of ``frames`` ``(N, C_in, *S)`` -> ``(N, 4C, *S')``."""
+        g = self.geometry
+        return g.conv(frames, w_ih, bias, g.stride, g.input_padding, g.dilation)
+
+
+class _Saved(NamedTuple):
+    """What backward reads of the forward pass (besides the activations and ``c``)."""
+
+    frames: Tensor
+    w_ih: Tensor
+    bias: Tensor | None
+    hs: Tensor
+    h0: Tensor | None
+    h_mask: Tensor | None
+    w_hh: Tensor
+
+
 def _order(steps: int, reverse: bool) -> list[int]:
     return list(range(steps - 1, -1, -1) if reverse else range(steps))
 
 
-def _add_recurrent_conv(
-    pre: Tensor, h: Tensor, w_hh: Tensor, conv: Conv, padding: tuple[int, ...]
-) -> None:
-    """``pre += conv(h, w_hh)`` (stride 1, symmetric ``padding``), ``pre`` ``(B, 4C, *S')``: on CPU
+def _add_recurrent_conv(pre: Tensor, h: Tensor, w_hh: Tensor, geometry: CellGeometry) -> None:
+    """``pre += conv(h, w_hh)`` (the recurrent convolution), ``pre`` ``(B, 4C, *S')``: on CPU
     for 2-D float32/bfloat16 one oneDNN call that adds into ``pre``, saving a ``(B, 4C, *S')``
     output and a pass over it per step."""
+    padding = geometry.hh_padding
     if (
         _conv_add is not None
         and pre.is_cpu
@@ -71,7 +102,7 @@ def _add_recurrent_conv(
             pre, h, w_hh, None, list(padding), ones, ones, 1, "add", 1.0, None, [], None
         )
     else:
-        pre.add_(conv(h, w_hh, None, 1, padding))
+        pre.add_(geometry.conv(h, w_hh, None, 1, padding))
 
 
 def _run_steps(
@@ -80,8 +111,7 @@ def _run_steps(
     state: tuple[Tensor | None, Tensor | None],
     weights: tuple[Tensor, Tensor | None, Tensor | None, Tensor | None],
     h_mask: Tensor | None,
-    conv: Conv,
-    padding: tuple[int, ...],
+    geometry: CellGeometry,
     h_out: Sequence[Tensor],
     c_out: Tensor,
 ) -> tuple[Tensor | None, Tensor | None]:
@@ -97,7 +127,7 @@ def _run_steps(
     for t in times:
         step = pre[t - low]
         if h is not None:
-            _add_recurrent_conv(step, h if h_mask is None else h * h_mask, w_hh, conv, padding)
+            _add_recurrent_conv(step, h if h_mask is None else h * h_mask, w_hh, geometry)
         h, c = _gates.activate(
             step, c, w_ci, w_cf, w_co, h_out=h_out[t - low], c_out=c_out[t - low]
         )
@@ -109,11 +139,7 @@ def _forward(
     state: tuple[Tensor | None, Tensor | None],
     weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None],
     h_mask: Tensor | None,
-    steps: int,
-    conv: Conv,
-    ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-    hh_padding: tuple[int, ...],
-    reverse: bool,
+    run: Run,
     recompute: bool,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """The layer's forward pass: ``(hs, cs, act, c_last)``.
@@ -122,26 +148,28 @@ def _forward(
     final ``c``. Without ``recompute``, ``act`` ``(N, 4C, *S')`` holds every step's activations
     and ``cs`` ``(T, B, C, *S')`` every ``c``. With it, the input convolution runs a chunk of
     steps at a time, no more than a chunk of activations exists at once, ``act`` is ``None`` and
-    ``cs`` is what :func:`_chunk_starts` would keep of every ``c``.
+    ``cs`` is what :func:`_chunk_starts` would keep of every ``c``. ``recompute`` overrides
+    ``run.recompute`` (without autograd there is nothing to save).
     """
+    steps, reverse, geometry = run.steps, run.reverse, run.geometry
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
     w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
     hh = (w_hh, w_ci, w_cf, w_co)
     channels, batch = w_hh.shape[1], frames.shape[0] // steps
     if not recompute:
-        act = conv(frames, w_ih, bias, *ih_geometry)
+        act = run.input_conv(frames, w_ih, bias)
         hs = _empty_like(act, act.shape[0], channels)
         h_steps = hs.unflatten(0, (steps, -1))
         c_steps = torch.empty_like(h_steps)
         pre = act.unflatten(0, (steps, -1))
         times = _order(steps, reverse)
-        _, c = _run_steps(times, pre, state, hh, h_mask, conv, hh_padding, h_steps, c_steps)
+        _, c = _run_steps(times, pre, state, hh, h_mask, geometry, h_steps, c_steps)
         assert c is not None
         return hs, c_steps, act, c.clone()
     x_steps = frames.unflatten(0, (steps, -1))
     groups = _groups(steps, reverse, True)
     runs = groups[::-1]  # the chunks in the order they run
-    pre = _chunk_input(runs[0], x_steps, w_ih, bias, conv, ih_geometry)
+    pre = _chunk_input(runs[0], x_steps, w_ih, bias, run)
     hs = _empty_like(pre[0], steps * batch, channels)
     h_steps = hs.unflatten(0, (steps, -1))
     cs = torch.empty_like(h_steps[: len(runs) - 1])
@@ -151,10 +179,10 @@ def _forward(
         if index:
             assert c is not None
             cs[-index].copy_(c)  # cs[slot] for groups[slot], this chunk
-            pre = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
+            pre = _chunk_input(group, x_steps, w_ih, bias, run)
         h_chunk = h_steps[min(group) : max(group) + 1]
         times = sorted(group, reverse=reverse)
-        h, c = _run_steps(times, pre, (h, c), hh, h_mask, conv, hh_padding, h_chunk, c_chunk)
+        h, c = _run_steps(times, pre, (h, c), hh, h_mask, geometry, h_chunk, c_chunk)
     assert c is not None
     return hs, cs, None, c.clone()
 
@@ -181,17 +209,12 @@ def _replay_cells(times: list[int], act: Tensor, c: Tensor | None, c_out: Tensor
 
 
 def _chunk_input(
-    group: list[int],
-    x_steps: Tensor,
-    w_ih: Tensor,
-    bias: Tensor | None,
-    conv: Conv,
-    ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+    group: list[int], x_steps: Tensor, w_ih: Tensor, bias: Tensor | None, run: Run
 ) -> Tensor:
     """The input convolution of the consecutive steps ``group`` of ``x_steps`` ``(T, B, C_in, *S)``,
     in time order: ``(len(group), B, 4C, *S')``."""
     rows = x_steps[min(group) : max(group) + 1]
-    return conv(rows.flatten(0, 1), w_ih, bias, *ih_geometry).unflatten(0, rows.shape[:2])
+    return run.input_conv(rows.flatten(0, 1), w_ih, bias).unflatten(0, rows.shape[:2])
 
 
 def _groups(steps: int, reverse: bool, recompute: bool) -> list[list[int]]:
@@ -220,34 +243,26 @@ class Recurrence(torch.autograd.Function):
         w_cf: Tensor | None,
         w_co: Tensor | None,
         h_mask: Tensor | None,
-        steps: int,
-        conv: Conv,
-        ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-        hh_padding: tuple[int, ...],
-        reverse: bool,
-        recompute: bool,
+        run: Run,
     ) -> tuple[Tensor, Tensor]:
         weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
-        options = (steps, conv, ih_geometry, hh_padding, reverse, recompute)
-        hs, cs, act, c_last = _forward(frames, (h0, c0), weights, h_mask, *options)
-        if not recompute:
-            cs = _chunk_starts(cs, steps, reverse)
+        hs, cs, act, c_last = _forward(frames, (h0, c0), weights, h_mask, run, run.recompute)
+        if not run.recompute:
+            cs = _chunk_starts(cs, run.steps, run.reverse)
         ctx.set_materialize_grads(False)
         saved = (frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
         ctx.save_for_backward(*saved)
-        ctx.options = options
+        ctx.run = run
         return hs, c_last
 
     @staticmethod
     def backward(ctx, d_hs: Tensor | None, d_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
         frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask = ctx.saved_tensors
-        steps, conv, ih_geometry, hh_padding, reverse, recompute = ctx.options
+        run: Run = ctx.run
+        steps, reverse, recompute, geometry = run.steps, run.reverse, run.recompute, run.geometry
         need = ctx.needs_input_grad
         w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
-        dims = w_hh.dim() - 2
-        hh = ([1] * dims, list(hh_padding), [1] * dims, False, [0] * dims, 1)
-        stride, padding, dilation = (list(v) for v in ih_geometry)
-        ih = (stride, padding, dilation, False, [0] * dims, 1)
+        hh = _backward_args(geometry, recurrent=True)
         input_only = [True, False, False]  # the recurrent convolution's gradient of h, per step
         batch = frames.shape[0] // steps
         h_steps = hs.unflatten(0, (steps, -1))
@@ -270,6 +285,7 @@ class Recurrence(torch.autograd.Function):
         position = {t: k for k, t in enumerate(order)}
         dh_carry = None
         dc = d_c_last
+        saved = _Saved(frames, w_ih, bias, hs, h0, h_mask, w_hh)
         for slot, group in enumerate(groups):
             # A step's slot in the chunk's tensors is its time index minus the group's lowest,
             # so the slots are in time order.
@@ -281,10 +297,10 @@ class Recurrence(torch.autograd.Function):
             if recompute:  # rerun the chunk as the forward pass did
                 h_in = h0 if before is None else h_steps[before]
                 a = None  # free the previous chunk's first
-                a = _chunk_input(group, x_steps, w_ih, bias, conv, ih_geometry)
+                a = _chunk_input(group, x_steps, w_ih, bias, run)
                 weights = (w_hh, *peepholes)
-                _run_steps(times, a, (h_in, c_in), weights, h_mask, conv, hh_padding,
-                           scratch * count, c_steps)  # fmt: skip
+                _run_steps(times, a, (h_in, c_in), weights, h_mask, geometry, scratch * count,
+                           c_steps)  # fmt: skip
             else:
                 a = a_steps[low : low + count]
                 _replay_cells(times, a, c_in, c_steps)
@@ -312,8 +328,7 @@ class Recurrence(torch.autograd.Function):
                     dh_carry = _conv_backward(d_pre, h_prev, w_hh, None, *hh, input_only)[0]
                     if h_mask is not None:
                         dh_carry.mul_(h_mask)
-            _flush(group, d_chunk, frames, w_ih, bias, hs, h0, h_mask, w_hh, reverse,
-                   grads, need, ih, hh)  # fmt: skip
+            _flush(group, d_chunk, saved, run, grads, need)
         return (
             grads["x"],
             grads["w_ih"],
@@ -324,7 +339,8 @@ class Recurrence(torch.autograd.Function):
             grads["ci"],
             grads["cf"],
             grads["co"],
-            *(None,) * 7,
+            None,  # h_mask
+            None,  # run
         )
 
 
@@ -333,9 +349,9 @@ def _kernels_like(frames: Tensor, *kernels: Tensor) -> tuple[Tensor, ...]:
     each, made once per pass and not saved: a convolution of channels-last input with a
     standard-layout kernel copies the kernel at every call, 57 copies of a 512x128x5x5 kernel
     per training step at ``w16``)."""
-    if not _plan.is_channels_last(frames):
+    if not is_channels_last(frames):
         return kernels
-    return tuple(_plan.to_channels_last(k) for k in kernels)
+    return tuple(to_channels_last(k) for k in kernels)
 
 
 def _entering(group: list[int], steps: int, reverse: bool) -> int | None:
@@ -348,7 +364,7 @@ def _empty_like(t: Tensor, rows: int, channels: int) -> Tensor:
     """An uninitialised ``(rows, channels, *S)`` tensor with ``t``'s ``(N, C, *S)`` dtype, device
     and memory format."""
     shape = (rows, channels, *t.shape[2:])
-    fmt = torch.channels_last if _plan.is_channels_last(t) else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(t) else torch.contiguous_format
     return torch.empty(shape, dtype=t.dtype, device=t.device, memory_format=fmt)
 
 
@@ -358,27 +374,33 @@ def _accumulate(grads: dict[str, Tensor | None], name: str, value: Tensor | None
         grads[name] = value if total is None else total.add_(value)
 
 
+def _backward_args(geometry: CellGeometry, recurrent: bool) -> tuple:
+    """``(stride, padding, dilation, transposed, output_padding, groups)`` of the input
+    convolution, or of the recurrent one, as ``aten.convolution_backward`` takes them."""
+    dims = geometry.spatial_dims
+    ones = [1] * dims
+    if recurrent:
+        return (ones, list(geometry.hh_padding), ones, False, [0] * dims, 1)
+    padding = list(geometry.input_padding)
+    return (list(geometry.stride), padding, list(geometry.dilation), False, [0] * dims, 1)
+
+
 def _flush(
     pending: list[int],
     d_chunk: Tensor,
-    frames: Tensor,
-    w_ih: Tensor,
-    bias: Tensor | None,
-    hs: Tensor,
-    h0: Tensor | None,
-    h_mask: Tensor | None,
-    w_hh: Tensor,
-    reverse: bool,
+    saved: _Saved,
+    run: Run,
     grads: dict[str, Tensor | None],
     need: tuple[bool, ...],
-    ih: tuple,
-    hh: tuple,
 ) -> None:
     """Weight gradients of both convolutions and the input gradient for the steps ``pending``
     (consecutive), whose gate gradients are ``d_chunk[t - min(pending)]`` for step ``t``."""
+    frames, w_ih, bias, hs, h0, h_mask, w_hh = saved
+    ih = _backward_args(run.geometry, recurrent=False)
+    hh = _backward_args(run.geometry, recurrent=True)
     count = len(pending)
     lo, hi = min(pending), max(pending) + 1
-    steps = frames.shape[0] // d_chunk.shape[1]
+    steps, reverse = run.steps, run.reverse
     d_pre = d_chunk[:count]
     d_rows = d_pre.flatten(0, 1)
     x_rows = frames.unflatten(0, (steps, -1))[lo:hi].flatten(0, 1)
@@ -416,26 +438,20 @@ def recurrence(
     state: tuple[Tensor, Tensor] | None,
     weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None],
     h_mask: Tensor | None,
-    steps: int,
-    conv: Conv,
-    ih_geometry: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
-    hh_padding: tuple[int, ...],
-    reverse: bool = False,
-    recompute: bool = False,
+    run: Run,
 ) -> tuple[Tensor, Tensor]:
-    """Run a layer over ``steps`` steps; ``reverse`` runs them from the last frame to the first.
+    """Run a layer over ``run.steps`` steps; ``run.reverse`` runs them from the last frame to
+    the first.
 
     Args:
         frames: ``(N, C_in, *S)`` time-major input frames.
         state: initial ``(h, c)``, each ``(B, C, *S')``, or ``None`` for zeros.
         weights: ``(W_ih, bias, W_hh, w_ci, w_cf, w_co)``: the input kernel ``(4C, C_in, *k)`` and
-            bias ``(4C,)`` (or ``None``), the recurrent kernel ``(4C, C, *k)`` (odd sizes, "same"
-            padding ``hh_padding``), the peepholes (``None`` without).
+            bias ``(4C,)`` (or ``None``), the recurrent kernel ``(4C, C, *k)``, the peepholes
+            (``None`` without).
         h_mask: optional ``(B, C, *S')`` recurrent-dropout mask on ``h``.
-        conv: ``F.conv1d``, ``F.conv2d`` or ``F.conv3d``.
-        ih_geometry: ``(stride, padding, dilation)`` of the input convolution (symmetric padding).
-        recompute: save no gate activations for backward and recompute them there, a chunk of
-            steps at a time.
+        run: the cell's geometry (symmetric padding of both convolutions), the number of steps,
+            the direction and whether backward recomputes the gates.
 
     Returns:
         ``(h, c_last)``: ``h`` of every step ``(N, C, *S')``, time-major, and the final ``c``
@@ -444,8 +460,7 @@ def recurrence(
     w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
     h0, c0 = state if state is not None else (None, None)
     inputs = (frames, w_ih, bias, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
-    options = (steps, conv, ih_geometry, hh_padding, reverse, recompute)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return Recurrence.apply(*inputs, *options)
-    hs, _, _, c_last = _forward(frames, (h0, c0), weights, h_mask, *options[:-1], False)
+        return Recurrence.apply(*inputs, run)
+    hs, _, _, c_last = _forward(frames, (h0, c0), weights, h_mask, run, False)
     return hs, c_last

@@ -26,12 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from convlstm import _plan, _settings
+from convlstm import _plan, fast
 from convlstm._checks import check_choice, check_positive, to_tuple
 from convlstm._gates import fused_gates
+from convlstm._geometry import CONVS, CellGeometry, flat_pads, same_pads
 
 __all__ = [
     "ACTIVATIONS",
+    "CellGeometry",
     "ConvLSTMCell",
     "ConvLSTMCell1d",
     "ConvLSTMCell2d",
@@ -43,6 +45,12 @@ Activation = str | Callable[[Tensor], Tensor]
 Padding = str | int | Sequence[int]
 State = tuple[Tensor, Tensor]
 
+
+def _linear(x: Tensor) -> Tensor:
+    """The identity, Keras' ``"linear"`` activation (a function: no module to register)."""
+    return x
+
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
@@ -53,13 +61,12 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": F.gelu,
     "silu": F.silu,
     "softsign": F.softsign,
-    "linear": torch.nn.Identity(),
+    "linear": _linear,
 }
 """Activations accepted by name for ``activation`` and ``recurrent_activation``."""
 
 PEEPHOLES = (None, "channel", "spatial")
 NORMS = (None, "layer", "group")
-_CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 def get_activation(activation: Activation, name: str = "activation") -> Callable[[Tensor], Tensor]:
@@ -75,13 +82,6 @@ def get_activation(activation: Activation, name: str = "activation") -> Callable
     raise ValueError(
         f"{name} must be a callable or one of {sorted(ACTIVATIONS)}, got {activation!r}"
     )
-
-
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's "same" padding: output size ceil(size / stride), extra pixel on the high side."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 class ConvLSTMCell(nn.Module):
@@ -163,8 +163,7 @@ class ConvLSTMCell(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self._output_sizes: dict[tuple[int, ...], tuple[int, ...]] = {}  # output_size's cache
-        self._joint_possible: dict[tuple[int, ...], bool] = {}  # joint_conv_possible's cache
+        self._geometries: dict[tuple[int, ...], CellGeometry] = {}  # geometry's cache
         self._joint_cache: tuple[tuple, Tensor] | None = None  # joint_weight's cache
         check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
         self.spatial_dims = spatial_dims
@@ -173,6 +172,11 @@ class ConvLSTMCell(nn.Module):
         self.kernel_size = to_tuple(kernel_size, spatial_dims, "kernel_size")
         self.stride = to_tuple(stride, spatial_dims, "stride")
         self.dilation = to_tuple(dilation, spatial_dims, "dilation")
+        self._hh_pads = tuple(same_pads(1, k, 1, 1) for k in self.kernel_size)
+        self._hh_padding = tuple(lo for lo, _ in self._hh_pads)
+        self._hh_pad = (
+            None if all(lo == hi for lo, hi in self._hh_pads) else flat_pads(self._hh_pads)
+        )
         if isinstance(padding, str):
             check_choice(padding, ("same", "valid"), "padding")
             self.padding: str | tuple[int, ...] = padding
@@ -186,6 +190,8 @@ class ConvLSTMCell(nn.Module):
                 f"norm_groups must divide hidden_channels, got norm_groups={norm_groups} "
                 f"and hidden_channels={hidden_channels}"
             )
+        self.activation = get_activation(activation, "activation")
+        self.recurrent_activation = get_activation(recurrent_activation, "recurrent_activation")
         self.spatial_size = (
             None if spatial_size is None else to_tuple(spatial_size, spatial_dims, "spatial_size")
         )
@@ -200,8 +206,6 @@ class ConvLSTMCell(nn.Module):
             raise ValueError(
                 'peephole="spatial" needs spatial_size= (the input\'s spatial size), got None'
             )
-        self.activation = get_activation(activation, "activation")
-        self.recurrent_activation = get_activation(recurrent_activation, "recurrent_activation")
         self._activation_names = (
             getattr(activation, "__name__", activation),
             getattr(recurrent_activation, "__name__", recurrent_activation),
@@ -223,14 +227,7 @@ class ConvLSTMCell(nn.Module):
             self.register_parameter(name, param)
         norm_weight = nn.Parameter(torch.empty(gates, **factory)) if norm else None
         self.register_parameter("norm_weight", norm_weight)
-        self._conv = _CONVS[spatial_dims]
-        hh_pads = [_same_pads(1, k, 1, 1) for k in self.kernel_size]
-        self._hh_padding = tuple(lo for lo, _ in hh_pads)
-        self._hh_pad = (
-            None
-            if all(lo == hi for lo, hi in hh_pads)
-            else [p for pair in reversed(hh_pads) for p in pair]
-        )
+        self._conv = CONVS[spatial_dims]
         self.reset_parameters()
 
     def _peephole_shape(self) -> tuple[int, ...] | None:
@@ -261,40 +258,60 @@ class ConvLSTMCell(nn.Module):
 
     def output_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
         """Spatial size ``*S'`` of the state for an input of spatial size ``*S``."""
+        return self.geometry(spatial_size).output_size
+
+    def geometry(self, spatial_size: Sequence[int]) -> CellGeometry:
+        """The cell's public description for inputs of spatial size ``*S``: paddings of both
+        convolutions, kernels, the state's size, and whether one joint convolution of
+        ``[x, h]`` can replace the two (cached per size; what :mod:`convlstm._plan` reads).
+
+        >>> g = ConvLSTMCell(1, 8, 4, spatial_dims=2).geometry((16, 16))
+        >>> g.input_pads, g.output_size, g.joint_possible
+        (((1, 2), (1, 2)), (16, 16), False)
+        """
         key = tuple(spatial_size)
-        size = self._output_sizes.get(key)
-        if size is None:
-            size = self._output_sizes[key] = self._compute_output_size(key)
-        return size
-
-    def _compute_output_size(self, spatial_size: Sequence[int]) -> tuple[int, ...]:
-        return tuple(
-            (size + lo + hi - d * (k - 1) - 1) // s + 1
-            for size, (lo, hi), k, s, d in zip(
-                spatial_size,
-                self._input_pads(spatial_size),
-                self.kernel_size,
-                self.stride,
-                self.dilation,
-                strict=True,
+        geometry = self._geometries.get(key)
+        if geometry is None:
+            pads = self._input_pads(key)
+            output_size = tuple(
+                (size + lo + hi - d * (k - 1) - 1) // s + 1
+                for size, (lo, hi), k, s, d in zip(
+                    key, pads, self.kernel_size, self.stride, self.dilation, strict=True
+                )
             )
-        )
+            geometry = self._geometries[key] = CellGeometry(
+                spatial_dims=self.spatial_dims,
+                hidden_channels=self.hidden_channels,
+                kernel_size=self.kernel_size,
+                stride=self.stride,
+                dilation=self.dilation,
+                input_pads=pads,
+                hh_pads=self._hh_pads,
+                output_size=output_size,
+                norm=self.norm,
+                sigmoid_tanh=(
+                    self.activation is torch.tanh and self.recurrent_activation is torch.sigmoid
+                ),
+            )
+        return geometry
 
-    def _input_pads(self, spatial_size: Sequence[int]) -> list[tuple[int, int]]:
+    def _input_pads(self, spatial_size: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         if not isinstance(self.padding, str):
-            return [(p, p) for p in self.padding]
+            return tuple((p, p) for p in self.padding)
         if self.padding == "same":
-            return [
-                _same_pads(n, k, s, d)
+            return tuple(
+                same_pads(n, k, s, d)
                 for n, k, s, d in zip(
                     spatial_size, self.kernel_size, self.stride, self.dilation, strict=True
                 )
-            ]
-        return [(0, 0)] * self.spatial_dims  # "valid"
+            )
+        return ((0, 0),) * self.spatial_dims  # "valid"
 
     def check_input(self, x: Tensor, name: str = "x", frame_dims: int = 0) -> None:
         """Raise a clear error unless ``x`` is ``(B, *frames, C_in, *S)`` with ``frame_dims`` leading
-        frame dimensions (0 for a single frame, 1 for a sequence)."""
+        frame dimensions (0 for a single frame, 1 for a sequence), floating point and in the
+        parameters' dtype (or, under :func:`torch.autocast`, one it casts: not float64). A
+        float64 input to a float32 cell is an error, not a silent cast."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         expected = self.spatial_dims + 2 + frame_dims
@@ -322,6 +339,16 @@ class ConvLSTMCell(nn.Module):
             )
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        dtype = self.weight_ih.dtype
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype != dtype and (x.dtype == torch.float64 or not autocast):
+            # torch.nn raises a bare dtype mismatch deep in the convolution; casting silently
+            # would drop float64 precision (or hide a half-precision mix-up): say so here.
+            raise TypeError(
+                f"{name} must have the parameters' dtype {dtype}, got {x.dtype}: convert the "
+                f"input ({name}.to({dtype})) or the module (.to({x.dtype})); torch.autocast "
+                "casts float32 and half-precision inputs, not float64"
+            )
 
     def _spatial_names(self) -> str:
         return ", ".join(("D", "H", "W")[3 - self.spatial_dims :])
@@ -331,11 +358,11 @@ class ConvLSTMCell(nn.Module):
 
         ``x``: ``(N, C_in, *S)`` (``N`` may be batch times time) -> ``(N, 4*C_h, *S')``.
         """
-        pads = self._input_pads(x.shape[2:])
-        if all(lo == hi for lo, hi in pads):
-            padding: tuple[int, ...] = tuple(lo for lo, _ in pads)
+        geometry = self.geometry(x.shape[2:])
+        if geometry.input_symmetric:
+            padding = geometry.input_padding
         else:
-            x = F.pad(x, [p for pair in reversed(pads) for p in pair])
+            x = F.pad(x, flat_pads(geometry.input_pads))
             padding = (0,) * self.spatial_dims
         bias = self.bias if self.norm is None else None
         return self._conv(x, self.weight_ih, bias, self.stride, padding, self.dilation)
@@ -345,12 +372,6 @@ class ConvLSTMCell(nn.Module):
         if self._hh_pad is None:
             return self._conv(h, self.weight_hh, None, 1, self._hh_padding)
         return self._conv(F.pad(h, self._hh_pad), self.weight_hh)
-
-    def init_state(self, x: Tensor) -> State:
-        """Zero ``(h, c)`` for the input frame ``x`` ``(B, C_in, *S)``, in its dtype and device."""
-        shape = (x.shape[0], self.hidden_channels, *self.output_size(x.shape[2:]))
-        zeros = x.new_zeros(shape)
-        return zeros, zeros
 
     def check_state(
         self, state: object, batch: int, size: Sequence[int], name: str = "state"
@@ -394,17 +415,7 @@ class ConvLSTMCell(nn.Module):
     def joint_conv_possible(self, spatial_size: Sequence[int]) -> bool:
         """Whether :meth:`joint_step` applies to inputs of spatial size ``*S``: the input
         convolution has the recurrent one's geometry and the bias is not normalised."""
-        key = tuple(spatial_size)
-        possible = self._joint_possible.get(key)
-        if possible is None:  # cached: a streaming step asks at every call
-            possible = self._joint_possible[key] = (
-                self.norm is None
-                and self._hh_pad is None
-                and self.stride == (1,) * self.spatial_dims
-                and self.dilation == (1,) * self.spatial_dims
-                and self._input_pads(key) == [(p, p) for p in self._hh_padding]
-            )
-        return possible
+        return self.geometry(spatial_size).joint_possible
 
     def joint_step(
         self, x: Tensor, state: State, weight: Tensor, h_mask: Tensor | None = None
@@ -432,7 +443,7 @@ class ConvLSTMCell(nn.Module):
         return (
             self.activation is torch.tanh
             and self.recurrent_activation is torch.sigmoid
-            and _settings.current().fused_gates
+            and fast.current().fused_gates
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and (c is None or c.dtype == gates.dtype)
@@ -469,7 +480,7 @@ class ConvLSTMCell(nn.Module):
         if state is None:
             return self.step(self.input_conv(x), None)
         state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
-        if _plan.use_joint_conv(self, x, steps=1):
+        if _plan.use_joint_conv(self.geometry(x.shape[2:]), x, steps=1):
             return self.joint_step(x, state, self.joint_weight())
         return self.step(self.input_conv(x), state)
 

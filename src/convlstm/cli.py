@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 
-from convlstm import benchmark, evaluation, export, predict
+from convlstm import bench as benchmark
+from convlstm import evaluation, export, predict
 from convlstm.checkpoint import CheckpointError
 from convlstm.config import Config, ConfigError, load_config
 

@@ -1,5 +1,6 @@
-"""Opt-in speed: compiled layers (fused gates, CUDA graphs), allocator tuning, and the switches
-of the eager fast paths.
+"""Every user-facing switch of the core, like ``torch.backends``: the eager fast paths
+(:func:`settings`, :func:`plain`, :func:`current`), and opt-in speed: compiled layers (fused
+gates, CUDA graphs) and allocator tuning.
 
 The eager fast paths are on by default and need nothing from here: the gate arithmetic runs as
 one autograd node (:mod:`convlstm._gates`), and a per-shape plan (:mod:`convlstm._plan`) picks the
@@ -21,15 +22,73 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from convlstm import _settings
+__all__ = [
+    "Settings",
+    "compile_layer",
+    "current",
+    "plain",
+    "settings",
+    "tune_cpu_allocator",
+]
 
-__all__ = ["compile_layer", "plain", "settings", "tune_cpu_allocator"]
+_INPUT_CONVS = (None, "batched", "joint")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Which fast paths the core may take (the values :func:`settings` and :func:`plain` set).
+
+    Attributes:
+        fused_gates: compute the sigmoid/tanh gate arithmetic of a step with one autograd node
+            (:mod:`convlstm._gates`) instead of plain autograd.
+        fused_loop: run a layer's whole time loop as one autograd node
+            (:mod:`convlstm._recurrence`) where it applies.
+        channels_last: ``None`` lets the per-shape plan choose; ``True``/``False`` forces 2-D
+            layers into or out of the channels-last memory format.
+        input_conv: ``None`` lets the plan choose; ``"batched"`` convolves the whole sequence at
+            once, ``"joint"`` convolves ``[x_t, h]`` with ``[W_ih, W_hh]`` at each step.
+    """
+
+    fused_gates: bool = True
+    fused_loop: bool = True
+    channels_last: bool | None = None
+    input_conv: str | None = None
+
+
+# Process-wide, a module global (which torch.compile can read), as torch.backends' flags are.
+_current = Settings()
+
+
+def current() -> Settings:
+    """The settings in force.
+
+    >>> current().fused_gates
+    True
+    """
+    return _current
+
+
+@contextlib.contextmanager
+def _override(**changes: Any) -> Iterator[Settings]:
+    """Within the block, replace the named fields of the current settings."""
+    if changes.get("input_conv") not in _INPUT_CONVS:
+        raise ValueError(
+            f"input_conv must be None, 'batched' or 'joint', got {changes['input_conv']!r}"
+        )
+    global _current
+    previous = _current
+    _current = dataclasses.replace(previous, **changes)
+    try:
+        yield _current
+    finally:
+        _current = previous
 
 
 @contextlib.contextmanager
@@ -39,7 +98,7 @@ def settings(
     fused_loop: bool | None = None,
     channels_last: bool | None = None,
     input_conv: str | None = None,
-) -> Iterator[_settings.Settings]:
+) -> Iterator[Settings]:
     """Force fast-path choices within the block (process-wide, not thread-local).
 
     Args:
@@ -50,6 +109,9 @@ def settings(
             convolution of ``[x_t, h]`` per step where the geometry allows it).
 
     Arguments left ``None`` keep their current value.
+
+    Yields:
+        The :class:`Settings` in force within the block.
     """
     given = dict(
         fused_gates=fused_gates,
@@ -58,18 +120,18 @@ def settings(
         input_conv=input_conv,
     )
     changes = {name: value for name, value in given.items() if value is not None}
-    with _settings.override(**changes) as current:
-        yield current
+    with _override(**changes) as now:
+        yield now
 
 
 @contextlib.contextmanager
-def plain() -> Iterator[_settings.Settings]:
+def plain() -> Iterator[Settings]:
     """Within the block, the layers run the plain path: autograd gate expressions, the standard
     memory format and one batched input convolution — the reference every fast path is tested
     against."""
     changes = dict(fused_gates=False, fused_loop=False, channels_last=False, input_conv="batched")
-    with _settings.override(**changes) as current:
-        yield current
+    with _override(**changes) as now:
+        yield now
 
 
 def compile_layer(module: nn.Module, *, cuda_graphs: bool | None = None, **options: Any) -> Any:

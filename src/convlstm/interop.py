@@ -38,6 +38,33 @@ if TYPE_CHECKING:
 
 __all__ = ["KERAS_ACTIVATIONS", "from_keras", "to_keras"]
 
+_BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def _import_keras(caller: str) -> Any:
+    """``import keras``, or an ImportError that says what to install or set.
+
+    Keras 3 picks its backend at its first import, from ``KERAS_BACKEND`` or
+    ``~/.keras/keras.json``, and defaults to TensorFlow: without TensorFlow installed and with
+    nothing configured, the import fails deep inside Keras.
+    """
+    try:
+        import keras
+    except ModuleNotFoundError as error:
+        missing = (error.name or "").split(".")[0]
+        if missing == "keras":
+            raise ImportError(f"{caller} needs Keras 3: pip install 'convlstm[keras]'") from error
+        if missing in _BACKENDS:
+            raise ImportError(
+                f"{caller}: Keras could not load its backend: {missing} is not installed "
+                "(Keras uses TensorFlow unless KERAS_BACKEND or ~/.keras/keras.json names "
+                "another). Set the environment variable KERAS_BACKEND=torch before Keras is "
+                f"first imported, or install {missing}"
+            ) from error
+        raise
+    return keras
+
+
 KERAS_ACTIVATIONS = (
     "tanh",
     "sigmoid",
@@ -225,6 +252,8 @@ def from_keras(
         ValueError: an option convlstm cannot represent (``go_backwards``, ``stateful``, an
             activation outside :data:`KERAS_ACTIVATIONS`), an unbuilt layer, or layers that do not
             form a stack or differ in an option the module shares.
+        ImportError: Keras 3 is missing, or its backend is: Keras defaults to TensorFlow, so
+            without it set ``KERAS_BACKEND=torch`` before Keras is first imported.
 
     Example (``channels_last`` Keras, 2 sequences of 4 frames 8×8×3)::
 
@@ -240,8 +269,7 @@ def from_keras(
         output, states = module(torch.from_numpy(x).movedim(-1, 2))
         np.testing.assert_allclose(output.movedim(2, -1).detach().numpy(), y, atol=1e-5)
     """
-    import keras
-
+    keras = _import_keras("from_keras")
     layer_list = list(layers) if isinstance(layers, list | tuple) else [layers]
     if not layer_list:
         raise ValueError("layers must hold at least one Keras ConvLSTM layer, got an empty list")
@@ -297,6 +325,7 @@ def to_keras(
 
     Raises:
         ValueError: the module uses something Keras' ConvLSTM does not have, or no spatial size.
+        ImportError: Keras 3 or its backend is missing (see :func:`from_keras`).
 
     Example::
 
@@ -307,8 +336,7 @@ def to_keras(
         first, second = to_keras(ConvLSTM2d(3, [16, 8], 3), (8, 8))
         y = second(first(np.random.rand(2, 4, 8, 8, 3).astype("float32")))  # (2, 4, 8, 8, 8)
     """
-    import keras
-
+    keras = _import_keras("to_keras")
     cells = _cells(module)
     first = cells[0]
     if module.bidirectional:

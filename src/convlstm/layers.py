@@ -7,6 +7,7 @@ state spatial size (equal to ``*S`` with the default "same" padding and stride 1
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 from convlstm import _plan
 from convlstm._checks import check_positive, check_probability
-from convlstm._recurrence import recurrence
+from convlstm._layout import to_channels_last
+from convlstm._recurrence import Run, recurrence
 from convlstm.cells import Activation, ConvLSTMCell, Padding, State
 
 __all__ = ["ConvLSTM", "ConvLSTM1d", "ConvLSTM2d", "ConvLSTM3d"]
@@ -51,7 +53,9 @@ class ConvLSTM(nn.Module):
         batch_first: ``input`` and ``output`` are ``(B, T, ...)`` if True (default), else ``(T, B, ...)``.
         bidirectional: add a reverse-time cell per layer; outputs of both directions are
             concatenated along channels.
-        dropout: dropout on the outputs of each layer except the last, in training only.
+        dropout: dropout on the outputs of each layer except the last, in training only (with
+            one layer it has nothing to act on, and a warning says so, as in
+            :class:`torch.nn.LSTM`).
         recurrent_dropout: dropout on ``h`` before the recurrent convolution, with one mask per
             sequence held fixed across time (Gal & Ghahramani; Keras semantics), in training only.
         stride, padding, dilation, bias, peephole, activation, recurrent_activation,
@@ -69,13 +73,16 @@ class ConvLSTM(nn.Module):
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
-          frame ``t`` fed at step ``t``; or, with ``steps=N``, one frame ``(B, C_in, *S)`` fed at
+          ``T >= 1``, in the parameters' dtype (under :func:`torch.autocast` also one it casts;
+          a float64 input to a float32 layer is an error, not a silent cast), frame ``t`` fed at
+          step ``t``; or, with ``steps=N``, one frame ``(B, C_in, *S)`` fed at
           each of ``N`` steps (its input convolution is computed once).
         - ``state``: ``None`` (zeros) or what a previous call returned as ``states``: a list of
           ``num_layers * D`` pairs ``(h, c)``, each ``(B, C_h, *S')``, ordered layer by layer with
           the forward direction first. A single pair is accepted for a one-layer unidirectional
           stack. Passing the states back makes a sequence processed in chunks give exactly the
-          result of one call (streaming).
+          result of one call (streaming) -- for a unidirectional stack only: the reverse
+          direction of a bidirectional one needs the end of the whole sequence.
         - ``lengths``: optional ``(B,)`` integer tensor of sequence lengths in ``[1, T]``. Past a
           sequence's end its state stops changing and its outputs are zero; ``states`` then hold
           each sequence's state at its own last step (the reverse direction starts there).
@@ -83,7 +90,8 @@ class ConvLSTM(nn.Module):
     Outputs: ``output, states``
         - ``output``: the last layer's ``h`` at every step, ``(B, T, D*C_h_last, *S'_last)``
           (``(T, B, ...)`` if not ``batch_first``). Selecting steps, as the tutorial's
-          ``effective_step`` did, is indexing: ``output[:, [4, 9]]``.
+          ``effective_step`` did, is indexing: ``output[:, [4, 9]]``. It may be a
+          channels-last strided tensor (below): call ``.contiguous()`` before ``.view``.
         - ``states``: list of ``num_layers * D`` pairs ``(h_n, c_n)`` as described for ``state``.
 
         Where it measures faster (see :mod:`convlstm._plan`), 2-D layers run in the channels-last
@@ -153,6 +161,14 @@ class ConvLSTM(nn.Module):
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
         self.dropout = check_probability(dropout, "dropout")
+        if self.dropout and self.num_layers == 1:
+            warnings.warn(
+                "dropout acts between layers, after all but the last, so non-zero dropout "
+                f"expects num_layers greater than 1, but got dropout={self.dropout} and "
+                f"num_layers={self.num_layers}",
+                UserWarning,
+                stacklevel=2,
+            )
         self.recurrent_dropout = check_probability(recurrent_dropout, "recurrent_dropout")
         kernels = _per_layer(kernel_size, self.num_layers, "kernel_size")
         strides = _per_layer(stride, self.num_layers, "stride")
@@ -231,6 +247,11 @@ class ConvLSTM(nn.Module):
             first.check_input(input, "input", frame_dims=1)
             x = input if self.batch_first else input.transpose(0, 1)
             num_steps = x.shape[1]
+            if num_steps == 0:
+                raise ValueError(
+                    f"input must hold at least one time step, got T=0 (shape "
+                    f"{tuple(input.shape)}, {'(B, T' if self.batch_first else '(T, B'}, ...))"
+                )
         batch = x.shape[0]
         self._check_deeper_sizes(tuple(x.shape[-self.spatial_dims :]))
         valid = self._valid_mask(lengths, batch, num_steps, x.device)
@@ -333,18 +354,23 @@ class ConvLSTM(nn.Module):
         batch = x.shape[0]
         repeated = x.dim() == self.spatial_dims + 2  # one frame fed at every step
         frame = x if repeated else x[:, 0]
-        channels_last = _plan.use_channels_last(cell, frame)
+        geometry = cell.geometry(frame.shape[2:])
+        checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
+        plan = _plan.plan_layer(
+            geometry, frame, steps, dtype=cell.weight_hh.dtype, repeated=repeated,
+            masked=valid is not None, checkpointed=checkpointed,
+        )  # fmt: skip
+        channels_last = plan.channels_last
         if channels_last and state is not None:
-            state = (_plan.to_channels_last(state[0]), _plan.to_channels_last(state[1]))
+            state = (to_channels_last(state[0]), to_channels_last(state[1]))
         h_mask = None
         if self.recurrent_dropout and self.training:
-            shape = (batch, cell.hidden_channels, *cell.output_size(frame.shape[2:]))
+            shape = (batch, cell.hidden_channels, *geometry.output_size)
             h_mask = F.dropout(frame.new_ones(shape), self.recurrent_dropout, training=True)
-            h_mask = _plan.to_channels_last(h_mask) if channels_last else h_mask
-        checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
-        joint = not repeated and _plan.use_joint_conv(cell, frame, steps)
-        if not (repeated or joint) and valid is None and _plan.use_fused_loop(cell, frame):
-            return _run_fused_loop(cell, x, state, h_mask, reverse, channels_last, checkpointed)
+            h_mask = to_channels_last(h_mask) if channels_last else h_mask
+        if plan.fused:
+            run = Run(geometry, steps, reverse, recompute=checkpointed)
+            return _run_fused_loop(cell, x, state, h_mask, run, channels_last)
         order = None
         times = range(steps)
         if reverse and valid is None:
@@ -355,19 +381,17 @@ class ConvLSTM(nn.Module):
                 x = x[torch.arange(batch, device=x.device)[:, None], order]
         # One input convolution for the whole sequence, or one per step (joint with the
         # recurrent convolution, or inside a checkpoint to keep no gate tensor for backward).
-        per_step = not repeated and (checkpointed or joint)
-        if repeated:
-            frames = _plan.to_channels_last(x) if channels_last else x
+        per_step = plan.input_conv in ("joint", "per_step")
+        if plan.input_conv == "once":
+            frames = to_channels_last(x) if channels_last else x
             gates = cell.input_conv(frames).unsqueeze(1).expand(-1, steps, *(-1,) * (x.dim() - 1))
         elif per_step:
-            frames = _plan.to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
+            frames = to_channels_last(x.flatten(0, 1)).view(x.shape) if channels_last else x
         else:
             frames = x.flatten(0, 1)
-            gates = cell.input_conv(_plan.to_channels_last(frames) if channels_last else frames)
+            gates = cell.input_conv(to_channels_last(frames) if channels_last else frames)
             gates = gates.view(batch, steps, *gates.shape[1:])
-        joint_weight = None
-        if joint and not checkpointed:
-            joint_weight = cell.joint_weight()
+        joint_weight = cell.joint_weight() if plan.input_conv == "joint" else None
         # unbind, not indexing per step: the backward of T selects would build T full-size
         # zero tensors, that of one unbind stacks the T gradients once.
         inputs = (frames if per_step else gates).unbind(1)
@@ -445,16 +469,15 @@ def _run_fused_loop(
     x: Tensor,
     state: State | None,
     h_mask: Tensor | None,
-    reverse: bool,
+    run: Run,
     channels_last: bool,
-    recompute: bool,
 ) -> tuple[Tensor, State]:
     """:meth:`ConvLSTM._run` as one autograd node per layer (:mod:`convlstm._recurrence`):
     ``x`` ``(B, T, C, *S)`` -> ``output (B, T, C_h, *S')`` (a view of time-major memory) and the
-    final ``(h, c)``; ``recompute`` recomputes the gates in backward instead of saving them."""
+    final ``(h, c)``; ``run.recompute`` recomputes the gates in backward instead of saving them."""
     batch, steps = x.shape[:2]
     frames = x.transpose(0, 1).reshape(steps * batch, *x.shape[2:])
-    frames = _plan.to_channels_last(frames) if channels_last else frames
+    frames = to_channels_last(frames) if channels_last else frames
     peepholes: list[Tensor | None] = [cell.weight_ci, cell.weight_cf, cell.weight_co]
     if channels_last and cell.peephole == "spatial":  # (C, H, W) in the states' memory order
         cl = torch.channels_last
@@ -463,13 +486,9 @@ def _run_fused_loop(
         ]
     w_ci, w_cf, w_co = peepholes
     weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co)
-    geometry = (cell.stride, tuple(lo for lo, _ in cell._input_pads(x.shape[3:])), cell.dilation)
-    hs, c_last = recurrence(
-        frames, state, weights, h_mask, steps, cell._conv, geometry, cell._hh_padding, reverse,
-        recompute,
-    )  # fmt: skip
+    hs, c_last = recurrence(frames, state, weights, h_mask, run)
     out = hs.unflatten(0, (steps, batch)).transpose(0, 1)
-    return out, (out[:, 0 if reverse else -1], c_last)
+    return out, (out[:, 0 if run.reverse else -1], c_last)
 
 
 def _checkpointed_step(

@@ -1,4 +1,5 @@
-"""Measuring for the benchmark: interleaved timing, activation memory, FLOP counts, peak speed.
+"""Measuring for the benchmark (:mod:`convlstm.bench`): interleaved timing, activation memory,
+FLOP counts, peak speed.
 
 Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden channels of a layer,
 ``S`` frame side (frames are ``S×S``), ``k`` kernel side.

@@ -10,6 +10,8 @@ Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden ch
   recurrent convolution per step, channels-last) and the copies that feed them; no gate arithmetic.
   No ConvLSTM can be faster, so it is the floor.
 * :func:`keras_from`: Keras 3 ``ConvLSTM2D`` layers (torch backend) with our weights.
+* :func:`torchgeo_from`: torchgeo's ``ConvLSTM`` (``pip install convlstm[bench]`` pins
+  torchgeo 0.10.1), its own code, with our weights.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from convlstm import _plan
+from convlstm._layout import to_channels_last
 from convlstm.cells import ConvLSTMCell
 from convlstm.layers import ConvLSTM
 
@@ -34,6 +36,7 @@ __all__ = [
     "keras_from",
     "naive_from",
     "to_keras_layout",
+    "torchgeo_from",
 ]
 
 GATES = "ifco"  # the seed's names for the gates (i, f, g=c, o)
@@ -145,7 +148,7 @@ class FloorConvs(nn.Module):
         batch, steps = x.shape[:2]
         cl = torch.channels_last
         for cell in cast("Sequence[ConvLSTMCell]", self.layer.cells):
-            conv = cell.input_conv(_plan.to_channels_last(x.flatten(0, 1)))
+            conv = cell.input_conv(to_channels_last(x.flatten(0, 1)))
             gates = conv.view(batch, steps, *conv.shape[1:]).unbind(1)
             channels = cell.hidden_channels
             h = gates[0][:, :channels].contiguous(memory_format=cl)
@@ -212,3 +215,52 @@ def to_keras_layout(x: Tensor) -> Tensor:
 def from_keras_layout(y: Tensor) -> Tensor:
     """``(B, T, H, W, C)`` -> ``(B, T, C, H, W)``."""
     return y.permute(0, 1, 4, 2, 3)
+
+
+# torchgeo's cell splits its joint convolution's output as (i, f, o, g); ours is (i, f, g, o).
+_TORCHGEO_GATES = (0, 1, 3, 2)
+
+
+class TorchgeoStack(nn.Module):
+    """torchgeo's ``ConvLSTM`` (batch-first) returning the last layer's ``h`` at every step:
+    ``forward(x)``: ``(B, T, C_in, H, W)`` -> ``(B, T, C, H, W)``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        outputs, _ = self.model(x)
+        return outputs[-1]
+
+
+def torchgeo_from(layer: ConvLSTM) -> TorchgeoStack:
+    """torchgeo 0.10.1's ``torchgeo.models.ConvLSTM`` with ``layer``'s weights (2-D, no
+    peepholes, no norm, odd square kernels, stride 1, "same" padding, bias): the same function.
+
+    torchgeo's cell convolves ``[x_t, h]`` with one ``Conv2d`` (``cell_list[i].conv``) whose
+    output channels are the gates (i, f, o, g).
+
+    Raises ImportError if torchgeo is missing.
+    """
+    from torchgeo.models import ConvLSTM as TorchgeoConvLSTM
+
+    cells = cast("Sequence[ConvLSTMCell]", layer.cells)
+    kernel = cells[0].kernel_size
+    model = TorchgeoConvLSTM(
+        input_dim=layer.in_channels,
+        hidden_dim=list(layer.hidden_channels),
+        kernel_size=[tuple(cell.kernel_size) for cell in cells],
+        num_layers=layer.num_layers,
+        batch_first=True,
+        bias=True,
+    ).to(cells[0].weight_ih)
+    with torch.no_grad():
+        for cell, theirs in zip(cells, model.cell_list, strict=True):
+            assert cell.peephole is None and cell.norm is None and cell.bias is not None
+            assert cell.kernel_size == kernel and all(k % 2 for k in kernel)
+            weight = torch.cat([cell.weight_ih, cell.weight_hh], dim=1).chunk(4)
+            bias = cell.bias.chunk(4)
+            theirs.conv.weight.copy_(torch.cat([weight[g] for g in _TORCHGEO_GATES]))
+            theirs.conv.bias.copy_(torch.cat([bias[g] for g in _TORCHGEO_GATES]))
+    return TorchgeoStack(model)
