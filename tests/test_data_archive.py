@@ -338,6 +338,7 @@ def test_irregular_times_are_named(tmp_path):
 
 
 def test_given_timestep_and_errors(odim_folder):
+    (odim_folder / "quality").mkdir()  # folders among the files are not frames
     archive = RadarArchive(odim_folder, timestep=timedelta(minutes=5))
     assert archive.timestep == np.timedelta64(300, "s")
     with pytest.raises(ValueError, match="between steps"):

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ._checks import check_float, check_index, check_int, check_seed, check_size
+from ._checks import (
+    check_float,
+    check_index,
+    check_int,
+    check_sample_bytes,
+    check_seed,
+    check_size,
+)
 from .arrays import SPLITS, split_record
 from .readers import Reader, get_reader
 from .transforms import Transform, resolve_transform
@@ -187,7 +194,12 @@ class RadarArchive:
             path = os.fspath(source)
             if os.path.isdir(path) and not path.rstrip("/").endswith(".zarr"):
                 files = sorted(glob.glob(os.path.join(path, pattern), recursive=True))
-                files = [f for f in files if not os.path.basename(f).startswith(".")]
+                files = [
+                    f
+                    for f in files
+                    if not os.path.basename(f).startswith(".")
+                    and (os.path.isfile(f) or f.rstrip("/").endswith(".zarr"))
+                ]
                 if not files:
                     raise ValueError(f"no files match {pattern!r} in the folder {path}")
                 return files
@@ -288,6 +300,7 @@ class RadarArchiveDataset(Dataset[tuple[torch.Tensor, ...]]):
         if self.crop is not None and (self.crop[0] > height or self.crop[1] > width):
             raise ValueError(f"crop {self.crop} is larger than the frames {self.archive.shape}")
         window = self.input_len + self.output_len
+        check_sample_bytes((window, 2, *(self.crop or self.archive.shape)), "RadarArchiveDataset")
         steps = range(len(self.archive.slots))
         if split is not None:
             if split not in SPLITS:
