@@ -90,10 +90,10 @@ def test_persistence_metrics_match_numpy() -> None:
 
 
 def test_registry() -> None:
-    assert list_baselines() == ["persistence", "zeros", "climatology", "optical_flow"]
+    assert list_baselines() == ["persistence", "zeros", "climatology", "optical_flow", "sprog"]
     assert get_baseline("persistence") is persistence
     assert get_baseline("climatology") is climatology
-    with pytest.raises(ValueError, match="persistence, zeros, climatology, optical_flow"):
+    with pytest.raises(ValueError, match="persistence, zeros, climatology, optical_flow, sprog"):
         get_baseline("persistance")
 
 

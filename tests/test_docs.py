@@ -33,7 +33,7 @@ DOC_FILES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 SKIP = "<!-- skip -->"
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+) *(?P<info>[^`]*)$")
 _TITLE = re.compile(r'title="([^"]+)"')
-_OPTIONAL = {"keras", "onnx", "onnxruntime", "onnxscript", "pysteps", "cv2", "h5py"}
+_OPTIONAL = {"keras", "onnx", "onnxruntime", "onnxscript", "pysteps", "cv2", "h5py", "xarray"}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ standard ``DataLoader``:
 * :class:`SyntheticRadar`: radar-like rain-rate sequences; transforms
   :func:`rain_to_dbz` / :func:`dbz_to_rain`, :func:`log_rain` / :func:`inverse_log_rain`.
 * :class:`ArrayDataset`: users' arrays and files, sliding windows, :func:`split_record`.
+* :class:`RadarArchiveDataset`: real radar archives (ODIM, NetCDF, Zarr, pysteps' formats) in
+  mm/h with a validity mask, over a :class:`RadarArchive`.
 * :func:`get_dataset` / :func:`list_datasets` / :func:`register_dataset`: by name.
 
 Generated datasets are pure functions of ``(seed, index)``, so DataLoader workers and
@@ -23,6 +25,7 @@ Example:
     (torch.Size([4, 10, 1, 64, 64]), torch.Size([4, 10, 1, 64, 64]))
 """
 
+from .archive import RadarArchive, RadarArchiveDataset
 from .arrays import ArrayDataset, split_record
 from .mnist import bundled_mnist_digits, load_mnist_digits
 from .moving_mnist import MovingMNIST, MovingMNISTFile, write_moving_mnist
@@ -34,6 +37,8 @@ __all__ = [
     "ArrayDataset",
     "MovingMNIST",
     "MovingMNISTFile",
+    "RadarArchive",
+    "RadarArchiveDataset",
     "RadarSequence",
     "SyntheticRadar",
     "bundled_mnist_digits",

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from .archive import RadarArchiveDataset
 from .arrays import ArrayDataset
 from .moving_mnist import MovingMNIST, MovingMNISTFile
 from .radar import SyntheticRadar
@@ -82,3 +83,6 @@ def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = Fa
             f"dataset {key!r} is already registered; pass overwrite=True to replace it"
         )
     _REGISTRY[key] = factory
+
+
+register_dataset("radar_archive", RadarArchiveDataset)

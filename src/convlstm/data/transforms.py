@@ -134,3 +134,88 @@ def resolve_transform(transform: str | Transform | None) -> Transform | None:
     raise ValueError(
         f"transform must be None, a callable or one of {sorted(TRANSFORMS)}, got {transform!r}"
     )
+
+
+_TRANSFORM_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "log": ("offset",),
+    "dbz": ("a", "b", "zero_dbz"),
+}
+
+
+class RainTransform:
+    """A model's data transform as a small serialisable object: ``"none"``, ``"log"`` or ``"dbz"``.
+
+    ``forward`` maps rain rates (mm/h) to the model's units (:func:`log_rain` or
+    :func:`rain_to_dbz` with the given parameters, or the identity), ``inverse`` maps back
+    to mm/h. :meth:`to_dict` / :meth:`from_dict` turn it into plain JSON-able data (a
+    checkpoint can carry it), and ``RainTransform.from_dict(t.to_dict()) == t``.
+
+    Args:
+        kind: ``"none"``, ``"log"`` or ``"dbz"``.
+        **params: the transform's parameters (``offset`` for ``"log"``; ``a``, ``b``,
+            ``zero_dbz`` for ``"dbz"``), defaults as in the functions.
+
+    Example:
+        >>> t = RainTransform("log", offset=0.1)
+        >>> t.to_dict()
+        {'kind': 'log', 'offset': 0.1}
+        >>> RainTransform.from_dict(t.to_dict()) == t
+        True
+        >>> t.inverse(t(np.array([0.0, 5.0]))).round(6).tolist()
+        [0.0, 5.0]
+    """
+
+    def __init__(self, kind: str = "none", **params: float) -> None:
+        if kind not in _TRANSFORM_PARAMETERS:
+            raise ValueError(f"kind must be one of {sorted(_TRANSFORM_PARAMETERS)}, got {kind!r}")
+        unknown = sorted(set(params) - set(_TRANSFORM_PARAMETERS[kind]))
+        if unknown:
+            raise ValueError(
+                f"RainTransform({kind!r}) takes parameters {_TRANSFORM_PARAMETERS[kind]}, "
+                f"got {unknown}"
+            )
+        self.kind = kind
+        self.params = {name: check_float(value, name) for name, value in params.items()}
+
+    def __call__(self, r: ArrayLike) -> ArrayLike:
+        """Same as :meth:`forward`."""
+        return self.forward(r)
+
+    def forward(self, r: ArrayLike) -> ArrayLike:
+        """Rain rate (mm/h) to the model's units."""
+        if self.kind == "log":
+            return log_rain(r, **self.params)
+        if self.kind == "dbz":
+            return rain_to_dbz(r, **self.params)
+        return _float(r)
+
+    def inverse(self, y: ArrayLike) -> ArrayLike:
+        """The model's units back to rain rate (mm/h)."""
+        if self.kind == "log":
+            return inverse_log_rain(y, **self.params)
+        if self.kind == "dbz":
+            return dbz_to_rain(y, **self.params)
+        return _float(y)
+
+    def to_dict(self) -> dict[str, str | float]:
+        """``{"kind": ..., **params}``: plain data for a checkpoint or a JSON file."""
+        return {"kind": self.kind, **self.params}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, str | float]) -> RainTransform:
+        """The transform described by :meth:`to_dict`'s output."""
+        if not isinstance(data, dict) or "kind" not in data:
+            raise ValueError(f"a RainTransform dict needs a 'kind' key, got {data!r}")
+        params = {k: v for k, v in data.items() if k != "kind"}
+        return cls(str(data["kind"]), **params)  # type: ignore[arg-type]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RainTransform) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.to_dict().items())))
+
+    def __repr__(self) -> str:
+        params = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"RainTransform({self.kind!r}{params})"

@@ -1,0 +1,405 @@
+"""Frame readers for radar archives: ODIM HDF5, CF NetCDF / Zarr (xarray), pysteps' importers.
+
+A reader turns one file (or one time step of a file) into a rain-rate frame in mm/h, float32,
+with ``NaN`` where the file has no valid value (outside the radar domain, ``nodata``,
+``_FillValue``). Only the requested rows and columns are read where the format allows it
+(ODIM, NetCDF and Zarr read hyperslabs; pysteps' importers read whole frames), so a crop of a
+large composite costs the crop's memory.
+
+Every reader has the same three methods:
+
+* ``times(path)``: the timestamps stored in the file (``datetime64[s]`` array), or ``None``
+  when the file holds one frame without a timestamp;
+* ``shape(path)``: the frame size ``(H, W)``;
+* ``read(path, index, rows, cols)``: frame ``index`` of the file (``None`` for single-frame
+  files) restricted to ``rows`` and ``cols`` (slices), mm/h with ``NaN`` for no data.
+
+Reflectivity is converted with the Z-R relation ``Z = a R^b`` (Marshall-Palmer ``a=200,
+b=1.6`` by default, as in ``pysteps.utils.conversion.to_rainrate``):
+``R = (10^(dBZ/10) / a)^(1/b)``.
+
+The heavy libraries (h5py, xarray, pysteps) are imported on first use only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from convlstm._pysteps import import_pysteps
+
+__all__ = [
+    "FORMATS",
+    "OdimReader",
+    "PystepsReader",
+    "XarrayReader",
+    "dbz_to_mm_h",
+    "get_reader",
+]
+
+#: Format names accepted by :func:`get_reader`, besides ``"pysteps:<importer>"``.
+FORMATS = ("odim", "netcdf", "zarr")
+_EXTENSIONS = {
+    ".h5": "odim",
+    ".hdf5": "odim",
+    ".hdf": "odim",
+    ".odim": "odim",
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".cdf": "netcdf",
+    ".netcdf": "netcdf",
+    ".zarr": "zarr",
+}
+_RATE_UNITS = {"mm/h", "mmh-1", "mm/hr", "mmhr-1", "kgm-2h-1", "mmperhour"}
+_DBZ_UNITS = {"dbz"}
+
+
+def dbz_to_mm_h(dbz: np.ndarray, a: float = 200.0, b: float = 1.6) -> np.ndarray:
+    """Rain rate (mm/h) from reflectivity (dBZ) with ``Z = a R^b``: ``R = (10^(dBZ/10)/a)^(1/b)``.
+
+    ``NaN`` stays ``NaN``. This is pysteps' ``to_rainrate`` for ``unit="dBZ"``,
+    ``transform="dB"`` without its threshold step (values are converted, never zeroed).
+
+    Args:
+        dbz: reflectivity, any shape.
+        a, b: Z-R coefficients.
+
+    Returns:
+        float64 rain rate, same shape.
+
+    Example:
+        >>> dbz_to_mm_h(np.array([23.0103, 39.0103])).round(4)
+        array([ 1., 10.])
+    """
+    values = np.asarray(dbz, dtype=np.float64)
+    return ((10.0 ** (values / 10.0)) / a) ** (1.0 / b)
+
+
+def _to_mm_h(values: np.ndarray, units: str, zr: tuple[float, float], where: str) -> np.ndarray:
+    key = units.strip().lower().replace(" ", "").replace("**", "").replace("^", "")
+    if key in _RATE_UNITS:
+        return values.astype(np.float32, copy=False)
+    if key in _DBZ_UNITS:
+        return dbz_to_mm_h(values, *zr).astype(np.float32)
+    raise ValueError(
+        f"{where}: units {units!r} are neither a rain rate (mm/h, mm h-1, kg m-2 h-1) nor "
+        "a reflectivity (dBZ); pass units='mm/h' or units='dBZ' to say what the values are"
+    )
+
+
+class OdimReader:
+    """ODIM HDF5 composites (OPERA, national services), read with h5py by hyperslab.
+
+    The frame is ``datasetN/dataM/data`` whose ``what`` group (of ``dataM`` or of
+    ``datasetN``) has ``quantity`` equal to ``quantity``; values are ``raw * gain +
+    offset``. ``nodata`` pixels (not measured, outside the domain) become ``NaN``;
+    ``undetect`` pixels (measured, no echo) are dry, 0 mm/h, as in pysteps'
+    ``import_odim_hdf5``. ``DBZH``/``TH`` are converted with the Z-R relation; ``RATE`` is
+    mm/h. The timestamp is the file's ``/what`` ``date`` (``YYYYMMDD``) and ``time``
+    (``HHMMSS``).
+
+    Args:
+        quantity: ``"DBZH"``, ``"TH"``, ``"RATE"`` or ``None`` (the first of those found).
+        zr: Z-R coefficients ``(a, b)``.
+    """
+
+    QUANTITIES = ("DBZH", "TH", "RATE")
+
+    def __init__(self, quantity: str | None = None, zr: tuple[float, float] = (200.0, 1.6)):
+        if quantity is not None and quantity not in self.QUANTITIES:
+            raise ValueError(f"quantity must be one of {self.QUANTITIES} or None, got {quantity!r}")
+        self.quantity = quantity
+        self.zr = zr
+
+    @contextlib.contextmanager
+    def _open(self, path: str) -> Iterator[Any]:
+        try:
+            import h5py
+        except ImportError as error:
+            raise ImportError(
+                f"reading ODIM HDF5 needs h5py ({error}): pip install 'convlstm[nowcast]'"
+            ) from error
+        with h5py.File(path, "r") as handle:
+            yield handle
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes | np.bytes_) else str(value)
+
+    def _find(self, handle: Any, path: str) -> tuple[Any, dict[str, Any]]:
+        """The data array of the chosen quantity and its ``what`` attributes."""
+        found: dict[str, tuple[Any, dict[str, Any]]] = {}
+        for name, group in handle.items():
+            if not name.startswith("dataset"):
+                continue
+            outer = dict(group["what"].attrs) if "what" in group else {}
+            for sub, data in group.items():
+                if not sub.startswith("data") or "data" not in data:
+                    continue
+                attrs = {**outer, **(dict(data["what"].attrs) if "what" in data else {})}
+                quantity = self._text(attrs.get("quantity", ""))
+                found.setdefault(quantity, (data["data"], attrs))
+        wanted = [self.quantity] if self.quantity else list(self.QUANTITIES)
+        for quantity in wanted:
+            if quantity in found:
+                return found[quantity]
+        raise ValueError(
+            f"{path}: no ODIM dataset with quantity {' or '.join(wanted)} "
+            f"(found: {sorted(found) or 'none'})"
+        )
+
+    def times(self, path: str) -> np.ndarray | None:
+        """The ``/what`` date and time as a 1-element ``datetime64[s]`` array, else ``None``."""
+        with self._open(path) as handle:
+            what = handle["what"].attrs if "what" in handle else {}
+            if "date" not in what or "time" not in what:
+                return None
+            date, time = self._text(what["date"]), self._text(what["time"])
+        stamp = f"{date[:4]}-{date[4:6]}-{date[6:8]}T{time[:2]}:{time[2:4]}:{time[4:6]}"
+        return np.array([stamp], dtype="datetime64[s]")
+
+    def shape(self, path: str) -> tuple[int, int]:
+        """``(H, W)`` of the frame."""
+        with self._open(path) as handle:
+            data, _ = self._find(handle, path)
+            return int(data.shape[0]), int(data.shape[1])
+
+    def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """The frame (``index`` must be ``None`` or 0) in mm/h, ``NaN`` at ``nodata``."""
+        if index not in (None, 0):
+            raise IndexError(f"{path}: an ODIM file holds one frame, got index {index}")
+        with self._open(path) as handle:
+            data, attrs = self._find(handle, path)
+            raw = data[rows, cols]
+        gain, offset = float(attrs.get("gain", 1.0)), float(attrs.get("offset", 0.0))
+        values = raw.astype(np.float64) * gain + offset
+        nodata = raw == attrs["nodata"] if "nodata" in attrs else np.zeros(raw.shape, bool)
+        undetect = raw == attrs["undetect"] if "undetect" in attrs else np.zeros(raw.shape, bool)
+        quantity = self._text(attrs.get("quantity", ""))
+        rain = values if quantity == "RATE" else dbz_to_mm_h(values, *self.zr)
+        rain[undetect] = 0.0
+        rain[nodata] = np.nan
+        return rain.astype(np.float32)
+
+
+class XarrayReader:
+    """CF NetCDF files and Zarr stores read lazily with xarray.
+
+    The variable (``variable``, or the only data variable with at least two dimensions)
+    has dimensions ``(time, y, x)`` or ``(y, x)`` (any names; the last two are the frame;
+    other length-1 dimensions are dropped). ``_FillValue`` / ``missing_value`` pixels and
+    ``NaN`` become ``NaN``; ``scale_factor`` / ``add_offset`` are applied (xarray's CF
+    decoding). Its ``units`` attribute (or ``units``) says whether values are mm/h or dBZ.
+
+    Args:
+        engine: ``"netcdf"`` (netCDF4 or h5netcdf, whichever is installed) or ``"zarr"``.
+        variable: name of the data variable.
+        units: overrides the variable's ``units`` attribute.
+        zr: Z-R coefficients ``(a, b)`` for dBZ.
+    """
+
+    def __init__(
+        self,
+        engine: str = "netcdf",
+        variable: str | None = None,
+        units: str | None = None,
+        zr: tuple[float, float] = (200.0, 1.6),
+    ):
+        if engine not in ("netcdf", "zarr"):
+            raise ValueError(f"engine must be 'netcdf' or 'zarr', got {engine!r}")
+        self.engine, self.variable, self.units, self.zr = engine, variable, units, zr
+        self._consolidated: dict[str, bool] = {}
+
+    @contextlib.contextmanager
+    def _open(self, path: str) -> Iterator[Any]:
+        try:
+            import xarray as xr
+        except ImportError as error:
+            raise ImportError(
+                f"reading NetCDF/Zarr needs xarray ({error}): pip install 'convlstm[nowcast]'"
+            ) from error
+        if self.engine == "netcdf":
+            with xr.open_dataset(path, chunks=None) as dataset:
+                yield dataset
+            return
+        if path not in self._consolidated:  # stores written without consolidated metadata
+            try:
+                xr.open_dataset(path, engine="zarr", chunks=None, consolidated=True).close()
+                self._consolidated[path] = True
+            except (KeyError, ValueError, OSError):
+                self._consolidated[path] = False
+        consolidated = self._consolidated[path]
+        with xr.open_dataset(path, engine="zarr", chunks=None, consolidated=consolidated) as ds:
+            yield ds
+
+    def _variable(self, dataset: Any, path: str) -> Any:
+        if self.variable is not None:
+            if self.variable not in dataset.data_vars:
+                raise ValueError(
+                    f"{path}: no variable {self.variable!r}; variables: {sorted(dataset.data_vars)}"
+                )
+            var = dataset[self.variable]
+        else:
+            candidates = [name for name, v in dataset.data_vars.items() if v.ndim >= 2]
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"{path}: pass variable=... to choose among the data variables {candidates}"
+                )
+            var = dataset[candidates[0]]
+        extra = [d for d in var.dims[:-2] if d != self._time_dim(var) and var.sizes[d] == 1]
+        var = var.isel({d: 0 for d in extra})
+        if var.ndim not in (2, 3) or (var.ndim == 3 and self._time_dim(var) != var.dims[0]):
+            raise ValueError(
+                f"{path}: variable {var.name!r} must have dimensions (time, y, x) or (y, x), "
+                f"found {var.dims}"
+            )
+        return var
+
+    @staticmethod
+    def _time_dim(var: Any) -> str | None:
+        for dim in var.dims[:-2]:
+            if dim in var.coords and np.issubdtype(var[dim].dtype, np.datetime64):
+                return str(dim)
+        return "time" if "time" in var.dims[:-2] else None
+
+    def times(self, path: str) -> np.ndarray | None:
+        """The time coordinate (``datetime64[s]``), or ``None`` for a single ``(y, x)`` frame."""
+        with self._open(path) as dataset:
+            var = self._variable(dataset, path)
+            if var.ndim == 2:
+                return None
+            dim = var.dims[0]
+            if dim not in var.coords or not np.issubdtype(var[dim].dtype, np.datetime64):
+                raise ValueError(f"{path}: the {dim!r} coordinate holds no CF times")
+            return var[dim].values.astype("datetime64[s]")
+
+    def shape(self, path: str) -> tuple[int, int]:
+        """``(H, W)`` of the frames."""
+        with self._open(path) as dataset:
+            var = self._variable(dataset, path)
+            return int(var.shape[-2]), int(var.shape[-1])
+
+    def coordinates(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``(y, x)`` coordinate values of the frame's dimensions, if the file has them."""
+        with self._open(path) as dataset:
+            var = self._variable(dataset, path)
+            ydim, xdim = var.dims[-2:]
+            if ydim in var.coords and xdim in var.coords:
+                return var[ydim].values, var[xdim].values
+            return None
+
+    def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """Frame ``index`` (``None`` for a ``(y, x)`` variable) in mm/h, ``NaN`` for no data."""
+        with self._open(path) as dataset:
+            var = self._variable(dataset, path)
+            ydim, xdim = var.dims[-2:]
+            selection: dict[Any, Any] = {ydim: rows, xdim: cols}
+            if var.ndim == 3:
+                selection[var.dims[0]] = 0 if index is None else index
+            units = self.units or var.attrs.get("units")
+            values = np.asarray(var.isel(selection).values, dtype=np.float64)
+        if units is None:
+            raise ValueError(
+                f"{path}: variable {var.name!r} has no units attribute; pass units='mm/h' "
+                "or units='dBZ'"
+            )
+        return _to_mm_h(values, str(units), self.zr, path)
+
+
+class PystepsReader:
+    """Any format pysteps imports: ``pysteps.io.get_method(name, "importer")``.
+
+    The importer reads the whole frame, which is converted to mm/h with pysteps'
+    ``pysteps.utils.conversion.to_rainrate`` (Z-R ``zr`` for reflectivity) and then cropped.
+    Timestamps come from the file names (pass ``time_format`` to the archive).
+
+    Args:
+        name: pysteps importer name, e.g. ``"odim_hdf5"``, ``"fmi_pgm"``, ``"mrms_grib"``.
+        importer_kwargs: keyword arguments of the importer (e.g. ``qty="DBZH"``).
+        zr: Z-R coefficients ``(a, b)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        importer_kwargs: dict[str, Any] | None = None,
+        zr: tuple[float, float] = (200.0, 1.6),
+    ):
+        self.name, self.importer_kwargs, self.zr = name, dict(importer_kwargs or {}), zr
+
+    def _frame(self, path: str) -> np.ndarray:
+        pysteps = import_pysteps()
+        from pysteps.utils.conversion import to_rainrate
+
+        importer = pysteps.io.get_method(self.name, "importer")
+        precip, _, metadata = importer(path, **self.importer_kwargs)
+        rain, _ = to_rainrate(np.asarray(precip, dtype=np.float64), metadata, *self.zr)
+        return np.asarray(rain, dtype=np.float32)
+
+    def times(self, path: str) -> None:
+        """pysteps' importers return no timestamp: ``None`` (name the files' time format)."""
+        return None
+
+    def shape(self, path: str) -> tuple[int, int]:
+        """``(H, W)`` of the frame (reads it)."""
+        frame = self._frame(path)
+        return int(frame.shape[-2]), int(frame.shape[-1])
+
+    def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """The frame in mm/h (``NaN`` where pysteps gives ``NaN``), cropped."""
+        if index not in (None, 0):
+            raise IndexError(f"{path}: a pysteps importer reads one frame, got index {index}")
+        return self._frame(path)[rows, cols]
+
+
+Reader = OdimReader | XarrayReader | PystepsReader
+
+
+def get_reader(
+    format: str | None,
+    path: str | os.PathLike[str],
+    *,
+    variable: str | None = None,
+    units: str | None = None,
+    quantity: str | None = None,
+    zr: tuple[float, float] = (200.0, 1.6),
+    importer_kwargs: dict[str, Any] | None = None,
+) -> Reader:
+    """The reader of ``format`` (``None``: from ``path``'s extension).
+
+    Args:
+        format: ``"odim"``, ``"netcdf"``, ``"zarr"``, ``"pysteps:<importer>"`` or ``None``.
+        path: a file of the archive (used to guess the format).
+        variable, units: for NetCDF/Zarr (see :class:`XarrayReader`).
+        quantity: for ODIM (see :class:`OdimReader`).
+        zr: Z-R coefficients ``(a, b)``.
+        importer_kwargs: for ``"pysteps:<importer>"``.
+
+    Raises:
+        ValueError: unknown format, or no format given and the extension is not known.
+
+    Example:
+        >>> type(get_reader(None, "radar/202607011200.nc")).__name__
+        'XarrayReader'
+    """
+    if format is None:
+        suffix = os.path.splitext(os.fspath(path).rstrip("/"))[1].lower()
+        if suffix not in _EXTENSIONS:
+            raise ValueError(
+                f"cannot tell the format of {os.fspath(path)!r} from its extension; pass "
+                f"format= one of {FORMATS} or 'pysteps:<importer>'"
+            )
+        format = _EXTENSIONS[suffix]
+    if format == "odim":
+        return OdimReader(quantity, zr)
+    if format in ("netcdf", "zarr"):
+        return XarrayReader(format, variable, units, zr)
+    if isinstance(format, str) and format.startswith("pysteps:") and format[8:]:
+        return PystepsReader(format[8:], importer_kwargs, zr)
+    raise ValueError(
+        f"format must be one of {FORMATS}, 'pysteps:<importer>' or None, got {format!r}"
+    )
