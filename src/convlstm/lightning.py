@@ -45,7 +45,8 @@ try:
 except ImportError as error:  # the optional extra
     raise ImportError(
         "convlstm.lightning needs PyTorch Lightning (lightning>=2.2), which is not installed: "
-        "pip install 'convlstm[lightning]'"
+        "pip install 'convlstm[lightning]'",
+        name="lightning",
     ) from error
 import torch
 from torch import Tensor
@@ -343,7 +344,7 @@ class ForecastModule(L.LightningModule):
             raise ValueError("a baseline is named 'model' like the model; rename it")
         self._forecasters = {"model": None} | {b: get_baseline(b) for b in self.baselines}
         data_range, clip = _value_settings(self.model, self._test_dataset(), self.data_range)
-        self._settings = {"data_range": data_range, "clip": clip}
+        self._data_range, self._clip = data_range, clip
         self._metrics = {}
         for name in self._forecasters:
             metric = ForecastMetrics(data_range=data_range, clip=clip, thresholds=self.thresholds)
@@ -379,13 +380,13 @@ class ForecastModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         from convlstm.evaluation import CONVENTIONS, collect_samples, sample_indices
-        from convlstm.report import json_safe, write_report
+        from convlstm.report import command_line, json_safe, write_report
 
         dataset = self._test_dataset()
         count = int(self.trainer.strategy.reduce(self._count, reduce_op="sum"))
         forecasters = {name: self._computed(m) for name, m in self._metrics.items()}
         input_len, frame_shape, horizon = self._shapes or (0, [], 0)
-        clip = self._settings["clip"]
+        clip = self._clip
         self.test_results = json_safe(
             {
                 "convlstm_version": convlstm.__version__,
@@ -397,12 +398,19 @@ class ForecastModule(L.LightningModule):
                     "frame_shape": frame_shape,
                 },
                 "settings": {
-                    "data_range": float(self._settings["data_range"]),
+                    "data_range": float(self._data_range),
                     "clip": None if clip is None else [float(c) for c in clip],
                     "thresholds": self.thresholds,
                 },
                 "conventions": CONVENTIONS,
                 "forecasters": forecasters,
+                "provenance": {
+                    "command": command_line(),
+                    "lightning version": L.__version__,
+                    "torch version": torch.__version__,
+                    "processes": self.trainer.world_size,
+                },
+                "config": config_to_dict(self.config),
             }
         )
         for name, scores in self.test_results["forecasters"].items():
@@ -548,7 +556,7 @@ class ForecastDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"optim.batch_size={batch} must be a multiple of the number of processes ({world})"
             )
-        sampler = DistributedSampler(
+        sampler: DistributedSampler[int] = DistributedSampler(
             dataset, world, rank, shuffle=True, seed=self.config.run.seed, drop_last=True
         )
         return self._loader(dataset, batch // world, sampler)
