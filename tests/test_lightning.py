@@ -261,6 +261,17 @@ def test_two_ddp_processes_score_like_one_evaluation(tmp_path: Path) -> None:
     assert (tmp_path / "report" / "summary.html").is_file()
 
 
+def test_report_dir_never_replaces_other_files(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    config = _config()
+    module = ForecastModule(config, report_dir=mine)
+    with pytest.raises(FileExistsError, match="not a report folder"):
+        _trainer().test(module, MovingMNISTDataModule(config), verbose=False)
+    assert (mine / "notes.txt").read_text() == "keep me"
+
+
 def _approx(got, expected) -> bool:
     """Equal up to float rounding; ``None`` (undefined) only where expected."""
     if isinstance(expected, list):

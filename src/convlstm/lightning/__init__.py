@@ -22,6 +22,11 @@ Checkpoints: a Lightning checkpoint also holds every entry of a ``convlstm train
 :meth:`ForecastModule.from_convlstm_checkpoint` builds the module from a ``convlstm train``
 checkpoint (or a Lightning one).
 
+What the ``[run]`` section says about carrying the run out (``device``, ``threads``, ``compile``,
+``channels_last``, ``max_minutes``, ``patience``) is the trainer's business here: pass the
+matching ``lightning.Trainer`` arguments and callbacks (``accelerator``, ``max_time``,
+``EarlyStopping("val_mse_frame", patience=...)``).
+
 >>> import lightning as L
 >>> from convlstm.config import Config, apply_overrides
 >>> config = apply_overrides(Config(), ["model.hidden_channels=[4]", "data.input_len=2",
@@ -37,6 +42,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 try:
@@ -122,7 +128,8 @@ class ForecastModule(L.LightningModule):
             ``convlstm evaluate``: the largest target of the first 16 test sequences); sigmoid
             models use 1 and clip predictions to [0, 1].
         report_dir: if set, rank 0 writes the ``convlstm evaluate`` report folder of the test
-            (``metrics.json``, ``summary.html``, curves, animations) there, replacing it.
+            (``metrics.json``, ``summary.html``, curves, animations) there, replacing an
+            earlier report (any other existing path is an error).
         num_gifs: test sequences animated in the report.
 
     Shapes: ``forward(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``; batches
@@ -333,6 +340,12 @@ class ForecastModule(L.LightningModule):
 
         if "model" in self.baselines:
             raise ValueError("a baseline is named 'model' like the model; rename it")
+        report = None if self.report_dir is None else Path(self.report_dir)
+        if report is not None and report.exists() and not (report / "metrics.json").is_file():
+            raise FileExistsError(
+                f"report_dir {report} exists and is not a report folder (no metrics.json); "
+                "refusing to replace it"
+            )
         self._forecasters = {"model": None} | {b: get_baseline(b) for b in self.baselines}
         data_range, clip = _value_settings(self.model, self._test_dataset(), self.data_range)
         self._data_range, self._clip = data_range, clip
