@@ -33,7 +33,7 @@ DOC_FILES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 SKIP = "<!-- skip -->"
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+) *(?P<info>[^`]*)$")
 _TITLE = re.compile(r'title="([^"]+)"')
-_OPTIONAL = {"keras", "onnx", "onnxruntime", "onnxscript", "pysteps", "cv2", "h5py", "xarray"}
+_OPTIONAL = {"keras", "onnx", "onnxruntime", "onnxscript", "pysteps", "cv2", "h5py", "xarray", "lightning"}
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,12 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # examples that register datasets (convlstm.data.registry) must not leak into later tests
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    module = importlib.import_module(name)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as error:  # a module of an optional extra (convlstm.lightning)
+        if error.name and error.name.split(".")[0] in _OPTIONAL:
+            pytest.skip(f"{name} needs the optional package {error.name}")
+        raise
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
     tests = [t for t in finder.find(module, name) if t.examples]

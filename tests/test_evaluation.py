@@ -156,7 +156,7 @@ def test_report_files_and_determinism(dataset: MovingMNIST, results: dict, tmp_p
     assert "| model |" in summary and "| persistence |" in summary and "MSE / frame" in summary
     assert "summed over the pixels" in summary  # conventions stated
     html = files["summary.html"].decode()
-    assert html.startswith("<!DOCTYPE html>") and 'src="curves/ssim.png"' in html
+    assert html.startswith("<!DOCTYPE html>") and 'src="data:image/png;base64,' in html
 
 
 def test_report_with_thresholds_draws_csi(dataset: MovingMNIST, tmp_path: Path) -> None:

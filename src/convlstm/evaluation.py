@@ -49,7 +49,7 @@ from convlstm.predict import (
     positive_int,
     run_cli,
 )
-from convlstm.report import Sample, json_safe, write_report
+from convlstm.report import Sample, command_line, json_safe, write_report
 
 __all__ = [
     "CONVENTIONS",
@@ -437,7 +437,9 @@ def evaluate_checkpoint(
     :func:`evaluate` and :func:`~convlstm.report.write_report`.
 
     Returns:
-        the results written to ``out_dir/metrics.json``.
+        the results written to ``out_dir/metrics.json``: those of :func:`evaluate`, plus
+        ``checkpoint`` (path, model), ``provenance`` (the command line, torch's version) and
+        ``config`` (the checkpoint's training configuration), which the report shows.
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false (before any work).
@@ -472,6 +474,8 @@ def evaluate_checkpoint(
     if units is not None:
         results["dataset"]["units"] = units
     results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
+    results["provenance"] = {"command": command_line(), "torch version": torch.__version__}
+    results["config"] = json_safe(config)
     count = results["dataset"]["num_sequences"]
     samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
     write_report(results, out_dir, samples=samples, overwrite=overwrite)

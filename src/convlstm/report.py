@@ -5,7 +5,8 @@ A report folder holds::
 
     metrics.json                 the results, strict JSON (non-finite numbers as null)
     summary.md                   forecaster x metric table, conventions, links to the figures
-    summary.html                 the same, self-contained HTML showing the figures
+    summary.html                 one self-contained page: the tables, the curves and the
+                                 animations (embedded), the provenance and the configuration
     curves/<metric>.png          the metric against lead time, one line per forecaster
     samples/sample_<index>.gif   animated input | truth | forecast | error, one per sample
 
@@ -15,11 +16,12 @@ The folder is built in a hidden temporary sibling and renamed into place (see
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
 import re
+import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,19 @@ from typing import Any
 
 import numpy as np
 
+from convlstm import _html as _page
 from convlstm._atomic import atomic_dir
 from convlstm.viz import lead_time_figure, sequence_gif
 
-__all__ = ["CURVE_METRICS", "METRIC_INFO", "Sample", "json_safe", "report_files", "write_report"]
+__all__ = [
+    "CURVE_METRICS",
+    "METRIC_INFO",
+    "Sample",
+    "command_line",
+    "json_safe",
+    "report_files",
+    "write_report",
+]
 
 # name -> (label, goal); the table shows these, in this order, when present. The goal says
 # which value is best: "lower", "higher", or "one" (frequency bias: 1 is unbiased).
@@ -86,6 +97,19 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that runs this process (``sys.argv``, the program by its file name), quoted
+    for a shell, for a report's provenance.
+
+    >>> command_line(["/usr/bin/convlstm", "evaluate", "--data", "my file.npy"])
+    "convlstm evaluate --data 'my file.npy'"
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    return shlex.join([Path(argv[0]).name, *argv[1:]])
 
 
 def _split(metric: str) -> tuple[str, str | None]:
@@ -203,44 +227,46 @@ def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) ->
     return "\n".join(lines)
 
 
-def _html(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str:
-    e = html.escape
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8"><title>Evaluation report</title>',
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #bbb;padding:4px 8px;text-align:right}"
-        "td:first-child,th:first-child{text-align:left}.best{font-weight:bold;"
-        "background:#e6f4e6}img{margin:4px;max-width:100%}</style></head><body>",
-        "<h1>Evaluation report</h1>",
-        f"<p>Dataset: {e(_dataset_line(results))}.</p>",
-    ]
-    if units := _units_line(results):
-        out.append(f"<p><strong>{e(units)}</strong></p>")
-    for title, header, rows, best in _tables(results):
-        out += [f"<h2>{e(title)}</h2>", "<table><thead><tr>"]
-        out += [f"<th>{e(h)}</th>" for h in header] + ["</tr></thead><tbody>"]
-        for row, marks in zip(rows, best, strict=True):
-            cells = "".join(
-                f'<td class="best">{e(c)}</td>' if m else f"<td>{e(c)}</td>"
-                for c, m in zip(row, marks, strict=True)
+def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
+    """What produced the results: the package version, the command, the checkpoint, the data,
+    the seed and the settings, as far as ``results`` records them."""
+    items: dict[str, Any] = {"convlstm version": results.get("convlstm_version", "unknown")}
+    items |= results.get("provenance", {})
+    checkpoint = results.get("checkpoint", {})
+    items |= {f"checkpoint {key}": value for key, value in checkpoint.items()}
+    items["data"] = _dataset_line(results)
+    seed = results.get("config", {}).get("run", {}).get("seed")
+    if seed is not None and "seed" not in items:
+        items["seed"] = seed
+    items |= {f"setting {key}": value for key, value in results.get("settings", {}).items()}
+    return items
+
+
+def _html(results: Mapping[str, Any], curves: dict[str, bytes], gifs: dict[str, bytes]) -> str:
+    dataset = results.get("dataset", {})
+    subtitle = f"Dataset: {_dataset_line(results)}."
+    if "checkpoint" in results:
+        subtitle = f"Model {results['checkpoint'].get('model', '')}; " + subtitle
+    return _page.page(
+        subtitle=subtitle,
+        units=_units_line(results),
+        tables=_tables(results),
+        curves=[
+            (path, _metric_label(Path(path).stem.replace("_at_", "@")), data)
+            for path, data in curves.items()
+        ],
+        samples=[
+            (
+                path,
+                f"sequence {int(Path(path).stem.rsplit('_', 1)[1])} of {dataset.get('name', 'the data')}",
+                data,
             )
-            out.append(f"<tr>{cells}</tr>")
-        out.append("</tbody></table>")
-    out += [
-        "<p>Best value per column highlighted; n/a: undefined or infinite.</p>",
-        "<h2>Conventions</h2>",
-        "<ul>",
-    ]
-    out += [f"<li>{e(c)}</li>" for c in _conventions(results)] + ["</ul>"]
-    if curves:
-        out.append("<h2>Metrics against lead time</h2>")
-        out += [f'<img src="{e(c)}" alt="{e(Path(c).stem)}">' for c in curves]
-    if gifs:
-        out.append("<h2>Samples (input | truth | forecast | error)</h2>")
-        out += [f'<img src="{e(g)}" alt="{e(Path(g).stem)}">' for g in gifs]
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+            for path, data in gifs.items()
+        ],
+        provenance=_provenance(results),
+        config=results.get("config"),
+        conventions=_conventions(results),
+    )
 
 
 def _curves(results: Mapping[str, Any]) -> dict[str, bytes]:
@@ -288,7 +314,7 @@ def report_files(results: Mapping[str, Any], samples: Sequence[Sample] = ()) -> 
         for s in samples
     }
     files["summary.md"] = _markdown(results, list(figures), list(gifs)).encode()
-    files["summary.html"] = _html(results, list(figures), list(gifs)).encode()
+    files["summary.html"] = _html(results, figures, gifs).encode()
     return files | figures | gifs
 
 
