@@ -69,9 +69,10 @@ from convlstm.lightning.data import (
 )
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import resolve_precision
+from convlstm.training.schedule import Schedule, teacher_forcing
 
-# private helpers of convlstm train, shared so that the two cannot drift apart
-from convlstm.training import _loss, _Schedule, _teacher_forcing  # isort: skip
+# the loss of convlstm train, shared so that the two cannot drift apart
+from convlstm.training.loop import _loss  # isort: skip
 
 __all__ = [
     "ArrayDataModule",
@@ -220,7 +221,7 @@ class ForecastModule(L.LightningModule):
                 "the trainer has no finite length; pass max_epochs or max_steps "
                 "(lightning.Trainer(**trainer_options(config)))"
             )
-        schedule = _Schedule(optim.schedule, optim.warmup_steps, int(total), optim.min_lr_ratio)
+        schedule = Schedule(optim.schedule, optim.warmup_steps, int(total), optim.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         return {
             "optimizer": optimizer,
@@ -233,7 +234,7 @@ class ForecastModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         inputs, targets = batch
         config = self.config
-        teacher = _teacher_forcing(config, self.global_step)
+        teacher = teacher_forcing(config, self.global_step)
         weight = config.optim.input_loss_weight
         pred = self.model(
             inputs,
