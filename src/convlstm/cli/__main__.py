@@ -1,0 +1,7 @@
+"""``python -m convlstm.cli`` (as ``torchrun -m convlstm.cli`` runs it): the ``convlstm`` command."""
+
+import sys
+
+from convlstm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,38 @@
+"""``convlstm benchmark``: a thin, lazy shell over the benchmark tool (:mod:`convlstm.benchmark`),
+imported only when the subcommand runs, so that the command line does not load it otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from typing import Any
+
+__all__ = ["add_parser"]
+
+_TOOL = "convlstm.benchmark"
+
+
+def _run(argv: list[str]) -> int:
+    """Parse the benchmark's own options (``argv``) with its parser and run it (through its
+    script entry point ``main(argv)`` where it no longer exposes its parser)."""
+    tool = importlib.import_module(_TOOL)
+    add_arguments = getattr(tool, "_add_arguments", None)
+    if add_arguments is None:
+        return int(tool.main(argv))
+    parser = argparse.ArgumentParser(prog="convlstm benchmark", description=tool.__doc__)
+    add_arguments(parser)
+    return int(tool._handle(parser.parse_args(argv)))
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``convlstm benchmark`` (its options are the benchmark tool's, see
+    ``convlstm benchmark --help``)."""
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="time and size the ConvLSTM layer against a naive cell, Keras and the bare convolutions",
+        add_help=False,
+        prefix_chars="\0",  # every token goes to the benchmark's own parser
+    )
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    parser.set_defaults(handler=lambda args: _run(args.argv))
+    return parser
