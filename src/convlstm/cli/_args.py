@@ -141,9 +141,12 @@ def cli_device(device: str | None) -> str:
         raise CliError(str(error), 2) from None
 
 
-def check_targets(paths: Sequence[str | None], overwrite: bool, kind: str | None = None) -> None:
+def check_targets(
+    paths: Sequence[str | None], overwrite: bool, kind: str | None = None, option: str = "--out"
+) -> None:
     """Fail before any work (exit status 2) if an output path exists and ``overwrite`` is
-    false, or, with ``kind`` (see :mod:`convlstm._outputs`), if it is not an output of that kind."""
+    false, or, with ``kind`` (see :mod:`convlstm._outputs`), if it is not an output of that kind
+    (``option`` names the path in messages)."""
     for path in paths:
         if path is None:
             continue
@@ -152,7 +155,7 @@ def check_targets(paths: Sequence[str | None], overwrite: bool, kind: str | None
                 raise CliError(f"{path} already exists (pass --overwrite to replace it)", 2)
             continue
         try:
-            check_output(path, kind, overwrite, "--out", "--overwrite")
+            check_output(path, kind, overwrite, option, "--overwrite")
         except FileExistsError as error:
             raise CliError(str(error), 2) from None
 

@@ -78,8 +78,8 @@ def _predict_command(args: argparse.Namespace) -> None:
     from convlstm.checkpoint import load_model
 
     check_targets([args.out], args.overwrite, "forecast")
-    check_targets([args.png], args.overwrite, "pngs")
-    check_targets([args.gif], args.overwrite, "gif")
+    check_targets([args.png], args.overwrite, "pngs", "--png")
+    check_targets([args.gif], args.overwrite, "gif", "--gif")
     refuse_inputs(
         {"--out": args.out, "--png": args.png, "--gif": args.gif},
         {"--input": args.input, "--checkpoint": args.checkpoint},
