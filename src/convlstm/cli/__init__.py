@@ -25,25 +25,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
 from convlstm.cli import benchmark, evaluate, export, predict, train
-from convlstm.cli._args import CliError, join_negative_values, split_overrides
+from convlstm.cli._args import CliError, OneLineParser, join_negative_values, split_overrides
 from convlstm.cli.train import bundled_configs, resolve_config
 
 __all__ = ["build_parser", "bundled_configs", "main", "resolve_config"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (``prog: error: ...``), exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``convlstm`` argument parser with every subcommand."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog="convlstm",
         description=(
             "ConvLSTM spatiotemporal forecasting: train, evaluate, predict, export, benchmark."

@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from convlstm._outputs import check_output
 from convlstm.devices import pick_device
@@ -25,6 +25,7 @@ from convlstm.devices import pick_device
 __all__ = [
     "LAYOUT_CHOICES",
     "CliError",
+    "OneLineParser",
     "add_layout",
     "add_overwrite",
     "array_header",
@@ -41,6 +42,14 @@ __all__ = [
     "run_cli",
     "split_overrides",
 ]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``prog: error: ...``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` on stderr and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class CliError(Exception):

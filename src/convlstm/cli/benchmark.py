@@ -7,6 +7,8 @@ import argparse
 import importlib
 from typing import Any
 
+from convlstm.cli._args import OneLineParser
+
 __all__ = ["add_parser"]
 
 _TOOL = "convlstm.benchmark"
@@ -17,11 +19,15 @@ def _run(argv: list[str]) -> int:
     script entry point ``main(argv)`` where it no longer exposes its parser)."""
     tool = importlib.import_module(_TOOL)
     add_arguments = getattr(tool, "_add_arguments", None)
-    if add_arguments is None:
-        return int(tool.main(argv))
-    parser = argparse.ArgumentParser(prog="convlstm benchmark", description=tool.__doc__)
-    add_arguments(parser)
-    return int(tool._handle(parser.parse_args(argv)))
+    try:
+        if add_arguments is None:
+            return int(tool.main(argv))
+        parser = OneLineParser(prog="convlstm benchmark", description=tool.__doc__)
+        add_arguments(parser)
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help (0) or a usage error, already printed (2)
+        return done.code if isinstance(done.code, int) else 2
+    return int(tool._handle(args))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
