@@ -2,7 +2,10 @@
 how a model is run for inference.
 
 :func:`default_device` picks CUDA when available, else the CPU; :func:`check_device` checks that
-this machine has a named device before anything is loaded, with an error naming the argument.
+this machine has a named device before anything is loaded, with an error naming the argument;
+:func:`pick_device` does both (``--device`` of ``evaluate`` and ``predict``);
+:func:`resolve_device` is a training run's ``run.device`` for one process of a distributed run
+(also importable from :mod:`convlstm.distributed`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,14 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["check_device", "default_device", "inference", "model_device", "pick_device"]
+__all__ = [
+    "check_device",
+    "default_device",
+    "inference",
+    "model_device",
+    "pick_device",
+    "resolve_device",
+]
 
 
 def default_device(device: str | None) -> str:
@@ -79,6 +89,34 @@ def pick_device(device: str | None, name: str = "device") -> str:
     chosen = default_device(device)
     check_device(chosen, name)
     return chosen
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """A training run's ``run.device`` for the process of ``local_rank``: ``auto`` ->
+    ``cuda:<local_rank>`` if CUDA is available, else ``cpu``; ``cuda`` -> ``cuda:<local_rank>``;
+    other names as given (``RuntimeError`` naming ``run.device`` for a CUDA device this machine
+    lacks).
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"run.device={device!r} but CUDA is not available here")
+        if resolved.index is None:
+            resolved = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(
+                f"run.device={device!r} (local rank {local_rank}): this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}"
+            )
+    return resolved
 
 
 def model_device(model: object) -> torch.device:
