@@ -152,7 +152,7 @@ def _run(work: Path, command: str, tokens: list[str], capsys) -> None:
         option = tokens[i - 1] if i else ""
         if option in ("--checkpoint", "--data", "--input", "--out", "--png", "--gif"):
             token = _path(work, token, SUFFIX.get(option, ""))
-            if option in SUFFIX or (option == "--out" and command != "predict"):
+            if option in SUFFIX:
                 outputs.append(token)
         argv.append(token)
     before = snapshot(work)

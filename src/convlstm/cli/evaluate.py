@@ -73,14 +73,14 @@ def _file_layout(args: argparse.Namespace) -> str | None:
     from convlstm.predict import infer_layout
 
     checkpoint = load_checkpoint(args.checkpoint)
-    trained = checkpoint["config"]["data"]
+    trained = checkpoint["config"].get("data", {})
     options = {**trained.get("options", {}), **trained.get("val_options", {})}
     source = options.get("source", options.get("path"))
     if isinstance(source, str) and os.path.exists(source) and os.path.samefile(source, args.data):
         return None  # the training file: its validation split, read as in training
     layout = frames_layout(None, args.data, shape, dtype, trained)
     if layout is None:
-        layout = infer_layout(shape, checkpoint["model_config"]["in_channels"])
+        layout = infer_layout(shape, int(checkpoint["model_config"].get("in_channels", 1)))
     return data_layout(layout)
 
 
