@@ -1,4 +1,5 @@
-"""``python -m convlstm.cli`` (as ``torchrun -m convlstm.cli`` runs it): the ``convlstm`` command."""
+"""``python -m convlstm.cli`` (how ``torchrun -m convlstm.cli`` runs it): the ``convlstm``
+command."""
 
 import sys
 

@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ``convlstm benchmark --help``)."""
     parser = subparsers.add_parser(
         "benchmark",
-        help="time and size the ConvLSTM layer against a naive cell, Keras and the bare convolutions",
+        help="time and size the ConvLSTM layer against a naive cell, Keras and the bare "
+        "convolutions",
         add_help=False,
         prefix_chars="\0",  # every token goes to the benchmark's own parser
     )

@@ -1,12 +1,12 @@
 """``convlstm train``: train a model, then evaluate it against baselines.
 
 ``convlstm train [--config FILE|NAME] [--out DIR] [--resume] [--overwrite] [section.key=value ...]``
-(options and overrides in any order) trains a model (under ``torchrun --nproc_per_node=N`` with DistributedDataParallel), then rank 0
-evaluates ``best.pt`` against the persistence and zero-frame baselines and writes the report to
-``DIR/report/`` (``metrics.json``, summary table, curves, GIFs). With no arguments it trains the
-default Moving MNIST model (the bundled ``moving_mnist`` configuration: generated sequences from
-the training digits, validation on the unseen ``val`` digits) on CUDA if available, else the CPU,
-into ``runs/<timestamp>-<model>/``.
+(options and overrides in any order) trains a model (under ``torchrun --nproc_per_node=N``
+with DistributedDataParallel), then rank 0 evaluates ``best.pt`` against the persistence and
+zero-frame baselines and writes the report to ``DIR/report/`` (``metrics.json``, summary table,
+curves, GIFs). With no arguments it trains the default Moving MNIST model (the bundled
+``moving_mnist`` configuration: generated sequences from the training digits, validation on the
+unseen ``val`` digits) on CUDA if available, else the CPU, into ``runs/<timestamp>-<model>/``.
 
 ``--config`` takes a ``.toml``/``.yaml``/``.json`` file or the name of a bundled configuration
 (:func:`bundled_configs`). ``--resume`` continues the run in ``--out`` from its ``last.pt``, with
