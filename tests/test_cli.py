@@ -133,7 +133,7 @@ def test_non_finite_overrides_are_usage_errors(capsys, tmp_path: Path) -> None:
 def test_a_failed_collective_under_torchrun_names_the_rank_and_cause(
     capsys, monkeypatch, rank
 ) -> None:
-    from convlstm import cli
+    from convlstm.cli import train as cli
 
     def lost(args):
         raise RuntimeError(

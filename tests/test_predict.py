@@ -264,7 +264,7 @@ def test_a_broken_image_is_named(tmp_path: Path) -> None:
 
 
 def test_check_device() -> None:
-    from convlstm.predict import check_device
+    from convlstm.devices import check_device
 
     assert check_device("cpu") == torch.device("cpu")
     assert check_device("cpu:0", "--device") == torch.device("cpu:0")
@@ -280,7 +280,7 @@ def test_check_device() -> None:
 
 
 def test_check_device_counts_the_cuda_devices(monkeypatch) -> None:
-    from convlstm.predict import check_device
+    from convlstm.devices import check_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -368,17 +368,19 @@ def test_outputs_through_symlinks_never_write_outside(tmp_path, capsys, checkpoi
     args = ["predict", "--checkpoint", str(checkpoint), "--input", str(frames), "--out", str(link)]
     code, err = run_cli(capsys, *args)
     assert code == 2 and "already exists (pass --overwrite" in err
-    assert run_cli(capsys, *args, "--overwrite")[0] == 0
-    assert precious.read_bytes() == b"keep me"  # the link was replaced, not written through
-    assert not link.is_symlink() and np.load(link).shape == (1, 2, 1, 16, 16)
+    code, err = run_cli(capsys, *args, "--overwrite")  # a link is never replaced (issue 19)
+    assert code == 2 and "is a symbolic link to" in err, err
+    assert precious.read_bytes() == b"keep me"  # nothing written through the link
+    assert link.is_symlink()
     report = work / "report"
     report.symlink_to(folder, target_is_directory=True)
     args = ["evaluate", "--checkpoint", str(checkpoint), "--data", "moving_mnist",
             "--out", str(report), "--num-samples", "2", "--gifs", "0"]  # fmt: skip
     assert run_cli(capsys, *args)[0] == 2
-    assert run_cli(capsys, *args, "--overwrite")[0] == 0
+    code, err = run_cli(capsys, *args, "--overwrite")
+    assert code == 2 and "is a symbolic link to" in err, err
     assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]  # untouched
-    assert (report / "metrics.json").is_file() and not report.is_symlink()
+    assert report.is_symlink()
     # a run folder whose checkpoints and config are links to files elsewhere
     run = work / "run"
     assert main(["train", "--out", str(run), *TINY, "optim.epochs=1"]) == 0

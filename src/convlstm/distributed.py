@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from convlstm.devices import resolve_device
+
 __all__ = ["DistContext", "init_distributed", "resolve_device"]
 
 
@@ -59,31 +61,6 @@ class DistContext:
         """Leave the process group, if this process joined one."""
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` if CUDA is available, else ``cpu``; other names as given.
-
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device == "auto":
-        return (
-            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        )
-    resolved = torch.device(device)
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"run.device={device!r} but CUDA is not available here")
-        if resolved.index is None:
-            resolved = torch.device("cuda", local_rank)
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise RuntimeError(
-                f"run.device={device!r} (local rank {local_rank}): this machine has {count} CUDA "
-                f"device(s), cuda:0 to cuda:{count - 1}"
-            )
-    return resolved
 
 
 def _env_int(name: str, default: int) -> int:

@@ -1,4 +1,5 @@
-"""Evaluation of a forecaster against baselines over a dataset, and ``convlstm evaluate``.
+"""Evaluation of a forecaster against baselines over a dataset (the library behind
+``convlstm evaluate``, whose command line is :mod:`convlstm.cli.evaluate`).
 
 :func:`evaluate` runs a model and baseline forecasters over a dataset of ``(inputs, targets)``
 pairs (``(T_in, C, H, W)``, ``(T_out, C, H, W)``) in a fixed order, feeding one
@@ -17,12 +18,11 @@ overall value. Undefined scores (zero denominators) and infinite PSNR (a perfect
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,36 +31,25 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 import convlstm
-from convlstm._atomic import check_parent
+from convlstm._atomic import atomic_dir, check_parent
 from convlstm._checks import check_positive
+from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
+from convlstm.devices import check_device, default_device, inference, model_device
 from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
 from convlstm.models import EncoderForecaster
-from convlstm.predict import (
-    CliError,
-    check_device,
-    check_targets,
-    cli_device,
-    default_device,
-    inference,
-    model_device,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    run_cli,
-)
-from convlstm.report import Sample, command_line, json_safe, write_report
+
+if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
+    from convlstm.report import Sample
 
 __all__ = [
     "CONVENTIONS",
     "DATA_LAYOUTS",
     "GENERATED_DATASETS",
-    "add_parser",
     "check_fit",
     "collect_samples",
     "evaluate",
     "evaluate_checkpoint",
-    "parse_numbers",
     "resolve_dataset",
     "sample_indices",
     "value_units",
@@ -195,6 +184,8 @@ def evaluate(
             targets = targets[:, :horizon].to(device, torch.float32)
             for key, run in forecasters.items():
                 metrics[key].update(_run(run, key, inputs, horizon).float(), targets)
+    from convlstm.report import json_safe
+
     return json_safe(
         {
             "convlstm_version": convlstm.__version__,
@@ -237,6 +228,8 @@ def collect_samples(
 ) -> list[Sample]:
     """Forecasts of ``forecaster`` for the sequences ``indices`` of ``dataset``, as
     :class:`~convlstm.report.Sample` arrays for :func:`~convlstm.report.write_report`."""
+    from convlstm.report import Sample
+
     device = torch.device(device) if device is not None else model_device(forecaster)
     samples = []
     with inference(forecaster):
@@ -442,14 +435,14 @@ def evaluate_checkpoint(
         ``config`` (the checkpoint's training configuration), which the report shows.
 
     Raises:
-        FileExistsError: ``out_dir`` exists and ``overwrite`` is false (before any work).
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is false, or it is not a report
+            folder (a training run, other files, a link: never replaced), before any work.
         convlstm.checkpoint.CheckpointError: unreadable checkpoint.
         ValueError: data that cannot be read or do not fit the model.
     """
     from convlstm.checkpoint import load_model
 
-    if os.path.lexists(out_dir) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
+    check_output(out_dir, "report", overwrite, "out_dir")
     check_parent(out_dir)  # before any work
     device = default_device(device)
     check_device(device, "device")
@@ -474,104 +467,47 @@ def evaluate_checkpoint(
     if units is not None:
         results["dataset"]["units"] = units
     results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
+    from convlstm.report import command_line, json_safe
+
     results["provenance"] = {"command": command_line(), "torch version": torch.__version__}
     results["config"] = json_safe(config)
     count = results["dataset"]["num_sequences"]
     samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
-    write_report(results, out_dir, samples=samples, overwrite=overwrite)
+    _write_report(results, out_dir, samples, overwrite)
     return results
 
 
-def parse_numbers(text: str, option: str) -> list[float]:
-    """``"0.5,2,5"`` -> ``[0.5, 2.0, 5.0]``; a ``CliError`` (exit 2) naming ``option`` otherwise.
+def _write_report(
+    results: Mapping[str, Any],
+    out_dir: str | os.PathLike[str],
+    samples: list[Sample],
+    overwrite: bool,
+) -> None:
+    """:func:`~convlstm.report.write_report` plus the marker file that lets a later
+    ``overwrite`` recognise the folder as a report (:mod:`convlstm._outputs`), atomically."""
+    from convlstm.report import report_files
 
-    >>> parse_numbers("0.5, 2,5", "--thresholds")
-    [0.5, 2.0, 5.0]
-    """
-    values = []
-    for item in text.split(","):
-        try:
-            value = float(item)
-        except ValueError:
-            raise CliError(f"{option}: {item.strip()!r} is not a number (in {text!r})", 2) from None
-        if not math.isfinite(value):
-            raise CliError(f"{option}: {item.strip()!r} is not a finite number", 2)
-        values.append(value)
-    return values
-
-
-def _evaluate_command(args: argparse.Namespace) -> None:
-    thresholds = None if args.thresholds is None else parse_numbers(args.thresholds, "--thresholds")
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    from convlstm.baselines import list_baselines
-
-    unknown = [b for b in baselines if b not in list_baselines()]
-    if unknown:
-        raise CliError(
-            f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
+    files = report_files(results, samples)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for relative, data in files.items():
+            path = tmp / relative
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
+        (tmp / REPORT_MARKER).write_text(
+            "A report folder written by convlstm; `convlstm evaluate --overwrite` may replace it.\n"
         )
-    check_targets([args.out], args.overwrite)
-    device = cli_device(args.device)
-    results = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        args.out,
-        device=device,
-        batch_size=args.batch_size,
-        num_samples=args.num_samples,
-        overwrite=args.overwrite,
-        thresholds=thresholds,
-        horizon=args.horizon,
-        layout=args.layout,
-        baselines=baselines,
-        num_gifs=args.gifs,
-        data_range=args.data_range,
-    )
-    model = results["forecasters"]["model"]
-    print(
-        f"{results['dataset']['num_sequences']} sequences: MSE/frame "
-        f"{model['mse_frame']['overall']:.4g}, SSIM {model['ssim']['overall']:.4g}; "
-        f"report in {args.out}"
-    )
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``convlstm evaluate`` on an ``argparse`` sub-parser collection."""
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="score a checkpoint against baselines and write a report folder",
-        description=(
-            "Evaluate CKPT on DATA against baselines; write DIR/ with metrics.json, summary.md, "
-            "summary.html, per-lead-time curves and animated samples. DATA is a generated "
-            "dataset (moving_mnist: validation digits; radar) or a file: a 4-D uint8 .npy is "
-            "read as the published Moving MNIST layout (T, N, H, W), other arrays as your own "
-            "(--layout samples|record)."
-        ),
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases of the command-line helpers that moved to :mod:`convlstm.cli`."""
+    moved = {"parse_numbers": "convlstm.cli._args", "add_parser": "convlstm.cli.evaluate"}
+    if name not in moved:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    warnings.warn(
+        f"convlstm.evaluation.{name} moved to {moved[name]}.{name}; the old name will be removed",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
-    )
-    parser.add_argument("--data", required=True, help="dataset name or file")
-    parser.add_argument("--out", required=True, metavar="DIR", help="report folder to create")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")
-    parser.add_argument(
-        "--num-samples", type=positive_int, help="sequences to score (default: all / val_samples)"
-    )
-    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument(
-        "--thresholds", metavar="T1,T2,...", help="event thresholds for CSI/POD/FAR/HSS/bias"
-    )
-    parser.add_argument("--horizon", type=positive_int, help="lead times (default: trained)")
-    parser.add_argument("--layout", choices=DATA_LAYOUTS, help="how to read a data file")
-    parser.add_argument(
-        "--baselines", default="persistence,zeros", help="comma-separated baseline names"
-    )
-    parser.add_argument(
-        "--gifs", type=non_negative_int, default=3, help="sequences to animate (default 3, 0: none)"
-    )
-    parser.add_argument(
-        "--data-range", type=positive_float, help="SSIM/PSNR data range (unbounded data)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    parser.set_defaults(handler=lambda args: run_cli("convlstm evaluate", _evaluate_command, args))
-    return parser
+    return getattr(importlib.import_module(moved[name]), name)

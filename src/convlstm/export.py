@@ -1,5 +1,5 @@
-"""Export a trained forecaster to TorchScript and ONNX: :func:`export_model` and
-``convlstm export``.
+"""Export a trained forecaster to TorchScript and ONNX: :func:`export_model` (the library behind
+``convlstm export``, whose command line is :mod:`convlstm.cli.export`).
 
 Both formats run a fixed number of input frames ``T_in`` and forecast a fixed ``horizon`` (the
 recurrence is unrolled); the batch size is free. The exported program takes one input
@@ -18,7 +18,6 @@ not at all if a check fails.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -34,9 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from convlstm._atomic import atomic_dir
-from convlstm.predict import CliError, check_targets, positive_int, run_cli
 
-__all__ = ["FORMATS", "ExportCheckError", "FixedHorizon", "add_parser", "export_model"]
+__all__ = ["FILES", "FORMATS", "ExportCheckError", "FixedHorizon", "export_model"]
 
 FORMATS = ("torchscript", "onnx")
 FILES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -251,82 +249,16 @@ def export_model(
     return results
 
 
-def _frame_size(args: argparse.Namespace, config: dict[str, Any]) -> tuple[int, int]:
-    """``--frame-size H,W``, else the frame size of the checkpoint's generated training data."""
-    from convlstm.evaluation import GENERATED_DATASETS, parse_numbers, resolve_dataset
-
-    if args.frame_size is not None:
-        values = parse_numbers(args.frame_size, "--frame-size")
-        if len(values) == 1:
-            values *= 2
-        if len(values) != 2 or any(v <= 0 or v != int(v) for v in values):
-            raise CliError(
-                f"--frame-size: expected H,W (whole numbers > 0), got {args.frame_size!r}", 2
-            )
-        return int(values[0]), int(values[1])
-    name = config["data"]["name"]
-    if name not in GENERATED_DATASETS:
-        raise CliError(
-            f"the checkpoint was trained on {name!r} data, whose frame size is not stored: "
-            "pass --frame-size H,W",
-            2,
-        )
-    inputs, _ = resolve_dataset(name, config, num_samples=1)[0]
-    return int(inputs.shape[-2]), int(inputs.shape[-1])
-
-
-def _export_command(args: argparse.Namespace) -> None:
-    from convlstm.checkpoint import load_model
-    from convlstm.evaluation import parse_numbers
-
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    try:
-        formats = list(_check_formats(formats))
-    except ValueError as error:
-        raise CliError(f"--formats: {error}", 2) from None
-    if args.tolerance is not None:
-        (tolerance,) = parse_numbers(args.tolerance, "--tolerance")
-    else:
-        tolerance = 1e-3
-    check_targets([args.out], args.overwrite)
-    model, config = load_model(args.checkpoint, map_location="cpu")
-    horizon = args.horizon or config["data"]["horizon"]
-    input_len = args.input_len or config["data"]["input_len"]
-    height, width = _frame_size(args, config)
-    example = torch.zeros(1, input_len, model.in_channels, height, width)
-    model.check_frames(example)
-    differences = export_model(
-        model, args.out, example, horizon, formats, overwrite=args.overwrite, tolerance=tolerance
+def __getattr__(name: str) -> Any:
+    """``add_parser``, deprecated: the command line moved to :mod:`convlstm.cli.export`."""
+    if name != "add_parser":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        "convlstm.export.add_parser moved to convlstm.cli.export.add_parser; the old name will "
+        "be removed",
+        DeprecationWarning,
+        stacklevel=2,
     )
-    for name, difference in differences.items():
-        checked = "not checked" if difference is None else f"max |difference| {difference:.3g}"
-        print(f"{name}: {Path(args.out) / FILES[name]} ({checked})")
+    from convlstm.cli.export import add_parser
 
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``convlstm export`` on an ``argparse`` sub-parser collection."""
-    parser = subparsers.add_parser(
-        "export",
-        help="export a checkpoint to TorchScript and ONNX",
-        description=(
-            "Export CKPT for inputs (B, T_in, C, H, W) -> (B, horizon, C, H, W) with a fixed "
-            "T_in, frame size and horizon (free batch size); check each file against PyTorch "
-            "and write DIR/ with model.torchscript.pt, model.onnx and export.json."
-        ),
-    )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
-    )
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder to create")
-    parser.add_argument(
-        "--horizon", type=positive_int, help="frames to forecast (default: trained)"
-    )
-    parser.add_argument("--input-len", type=positive_int, help="input frames (default: trained)")
-    parser.add_argument("--frame-size", metavar="H,W", help="frame size (default: trained)")
-    parser.add_argument(
-        "--formats", default="torchscript,onnx", help="comma-separated: torchscript, onnx"
-    )
-    parser.add_argument("--tolerance", help="largest accepted difference (default 1e-3)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    parser.set_defaults(handler=lambda args: run_cli("convlstm export", _export_command, args))
-    return parser
+    return add_parser

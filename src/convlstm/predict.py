@@ -1,4 +1,5 @@
-"""Forecasts for the user's own frames: the :func:`predict` function and ``convlstm predict``.
+"""Forecasts for the user's own frames: :func:`predict`, and the file reading and writing behind
+``convlstm predict`` (its command line is :mod:`convlstm.cli.predict`).
 
 A forecaster is any callable ``model(inputs, horizon) -> forecast`` with ``inputs``
 ``(B, T_in, C, H, W)`` and ``forecast`` ``(B, horizon, C, H, W)``.
@@ -17,6 +18,9 @@ THW      ``(T, H, W)``                      3-D
 TCHW     ``(T, C, H, W)``                   4-D and ``shape[1]`` equals the model's ``C``
 NTHW     ``(N, T, H, W)``                   4-D, 1-channel model, ``shape[1] != 1``
 NTCHW    ``(N, T, C, H, W)``                5-D
+TNHW     ``(T, N, H, W)``                   never (the published Moving MNIST file's layout;
+                                            ``convlstm predict`` picks it as ``evaluate``
+                                            does, see :mod:`convlstm.cli.predict`)
 ======== ================================== =============================================
 
 A 4-D array ``(A, 1, H, W)`` for a 1-channel model is read as ``TCHW`` (one sequence of ``A``
@@ -33,79 +37,42 @@ forecast itself.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import math
 import os
 import re
-import sys
+import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from convlstm._atomic import atomic_dir, atomic_file, atomic_write_bytes, check_parent
+from convlstm._atomic import atomic_file
 from convlstm._checks import check_choice, check_positive
 from convlstm.data._io import open_npy, open_npz
-from convlstm.viz import frame_png, sequence_gif
+from convlstm.devices import inference, model_device
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "LAYOUTS",
-    "CliError",
     "Frames",
-    "add_parser",
-    "check_device",
-    "check_targets",
-    "cli_device",
-    "default_device",
     "forecast_frames",
     "from_model_range",
     "infer_layout",
     "inference",
     "load_frames",
     "model_device",
-    "non_negative_int",
-    "positive_float",
-    "positive_int",
     "predict",
-    "run_cli",
     "save_forecast",
     "to_model_range",
 ]
 
-LAYOUTS = ("THW", "TCHW", "NTHW", "NTCHW")
+LAYOUTS = ("THW", "TCHW", "NTHW", "NTCHW", "TNHW")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 Forecaster = Callable[[Tensor, int], Tensor]
-
-
-def model_device(model: object) -> torch.device:
-    """The device of ``model``'s first parameter or buffer; CPU for a parameterless callable."""
-    if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
-            return tensor.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def inference(model: object) -> Iterator[None]:
-    """Run the block without gradients and, for an ``nn.Module``, in eval mode (the previous
-    mode is restored afterwards)."""
-    module = model if isinstance(model, nn.Module) else None
-    training = module is not None and module.training
-    if module is not None:
-        module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if module is not None and training:
-            module.train()
 
 
 @overload
@@ -152,6 +119,7 @@ def predict(
         ``(N, horizon, C, H, W)`` forecasts: a float32 numpy array for array input, else a tensor
         on ``frames``' device with its dtype.
 
+    >>> from torch import nn
     >>> class Last(nn.Module):
     ...     def forward(self, x, horizon):
     ...         return x[:, -1:].expand(-1, horizon, -1, -1, -1)
@@ -220,6 +188,8 @@ def infer_layout(shape: tuple[int, ...], channels: int, layout: str | None = Non
 
 def _to_batch(array: np.ndarray, layout: str) -> np.ndarray:
     """``array`` in ``layout`` as ``(N, T, C, H, W)``."""
+    if layout == "TNHW":
+        return array.transpose(1, 0, 2, 3)[:, :, None]
     if "C" not in layout:
         array = array[..., None, :, :]
     return array if layout.startswith("N") else array[None]
@@ -227,6 +197,8 @@ def _to_batch(array: np.ndarray, layout: str) -> np.ndarray:
 
 def _from_batch(array: np.ndarray, layout: str) -> np.ndarray:
     """``(N, T, C, H, W)`` back to ``layout`` (the inverse of :func:`_to_batch`)."""
+    if layout == "TNHW":
+        return array[:, :, 0].transpose(1, 0, 2, 3)
     if not layout.startswith("N"):
         array = array[0]
     return array if "C" in layout else array[..., 0, :, :]
@@ -281,6 +253,16 @@ class Frames:
     def model_range(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Sequences ``start:stop`` as float32 in the model's range (:func:`to_model_range`)."""
         return to_model_range(np.asarray(self.array[start:stop]))
+
+    def count_nonfinite(self, batch_size: int = 16) -> int:
+        """The number of NaN and infinite values in the frames (0 for integer dtypes), read
+        ``batch_size`` sequences at a time."""
+        if not np.issubdtype(self.dtype, np.floating):
+            return 0
+        return sum(
+            int(np.count_nonzero(~np.isfinite(np.asarray(self.array[i : i + batch_size]))))
+            for i in range(0, len(self.array), batch_size)
+        )
 
 
 def _read_array(path: Path) -> np.ndarray:
@@ -408,205 +390,30 @@ def save_forecast(
     return Path(path)
 
 
-class CliError(Exception):
-    """A problem with the command line or its input, reported as one line; ``code`` is the exit
-    status (2: bad arguments or an existing output, 1: unusable files or data)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def run_cli(prog: str, body: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> int:
-    """Run a subcommand's ``body``; report expected failures as one ``prog: error:`` line on
-    stderr and return the exit status instead of a traceback: 0 success, 2 usage error or
-    existing output (without ``--overwrite``), 1 unusable input or failure, 130 interrupted."""
-    try:
-        body(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (CliError, FileExistsError, OSError, ValueError, TypeError, RuntimeError) as error:
-        lines = str(error).strip().splitlines()
-        print(f"{prog}: error: {lines[0] if lines else type(error).__name__}", file=sys.stderr)
-        if isinstance(error, CliError):
-            return error.code
-        return 2 if isinstance(error, FileExistsError) else 1
-    return 0
+# names that moved to convlstm.devices and convlstm.cli (deprecated here)
+_MOVED = {
+    "check_device": "convlstm.devices",
+    "default_device": "convlstm.devices",
+    "CliError": "convlstm.cli._args",
+    "run_cli": "convlstm.cli._args",
+    "check_targets": "convlstm.cli._args",
+    "cli_device": "convlstm.cli._args",
+    "positive_int": "convlstm.cli._args",
+    "non_negative_int": "convlstm.cli._args",
+    "positive_float": "convlstm.cli._args",
+    "add_parser": "convlstm.cli.predict",
+}
 
 
-def default_device(device: str | None) -> str:
-    """``device``, or CUDA when available, else CPU."""
-    if device is not None:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def __getattr__(name: str) -> Any:
+    """Deprecated aliases of the names that moved out of this module (see ``_MOVED``)."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-
-def check_device(device: str | torch.device, name: str = "device") -> torch.device:
-    """``device`` as a :class:`torch.device` after checking that this machine has it; a
-    ``ValueError`` naming ``name`` (such as ``--device``) otherwise, before anything is loaded.
-
-    >>> check_device("cpu")
-    device(type='cpu')
-    >>> check_device("tpu", "--device")
-    Traceback (most recent call last):
-    ...
-    ValueError: --device: expected cpu, cuda or cuda:N, got 'tpu'
-    """
-    text = str(device)
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{name}: expected cpu, cuda or cuda:N, got {text!r}") from None
-    if resolved.type == "meta":
-        raise ValueError(
-            f"{name}: expected a device that holds data (cpu, cuda, cuda:N), got 'meta'"
-        )
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"{name}: CUDA is not available on this machine, got {text!r} (use cpu)"
-            )
-        count = torch.cuda.device_count()
-        if resolved.index is not None and resolved.index >= count:
-            raise ValueError(
-                f"{name}: this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1}), "
-                f"got {text!r}"
-            )
-        return resolved
-    try:
-        torch.empty(0, device=resolved)
-    except Exception as error:  # a probe: backends fail in many ways (missing modules, ...)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        reason = reason.split(". ")[0][:160]
-        raise ValueError(
-            f"{name}: device {text!r} is not available on this machine ({reason})"
-        ) from None
-    return resolved
-
-
-def cli_device(device: str | None) -> str:
-    """``--device`` checked (exit status 2 naming the option), or the default device."""
-    chosen = default_device(device)
-    try:
-        check_device(chosen, "--device")
-    except ValueError as error:
-        raise CliError(str(error), 2) from None
-    return chosen
-
-
-def check_targets(paths: Sequence[str | None], overwrite: bool) -> None:
-    """Fail before any work if an output path exists and ``overwrite`` is false."""
-    for path in paths:
-        if path is not None and os.path.lexists(path) and not overwrite:
-            raise CliError(f"{path} already exists (pass --overwrite to replace it)", 2)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an int > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an int >= 0 (counts where 0 means none)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
-
-
-def _write_pngs(folder: str, forecast: np.ndarray, vmax: float, overwrite: bool) -> None:
-    """``sequence_NNNN_lead_KK.png`` per forecast frame (model range), as a folder written
-    atomically."""
-    with atomic_dir(folder, overwrite=overwrite) as tmp:
-        for n, sequence in enumerate(forecast):
-            for k, frame in enumerate(sequence):
-                png = frame_png(to_model_range(frame), 0.0, vmax)
-                (tmp / f"sequence_{n:04d}_lead_{k + 1:02d}.png").write_bytes(png)
-
-
-def _predict_command(args: argparse.Namespace) -> None:
-    from convlstm.checkpoint import load_model
-
-    check_targets([args.out, args.png, args.gif], args.overwrite)
-    for target in (args.out, args.png, args.gif):
-        if target is not None:
-            check_parent(target)  # before any work
-    device = cli_device(args.device)
-    model, config = load_model(args.checkpoint, map_location=device)
-    frames = load_frames(args.input, model.in_channels, args.layout)
-    try:
-        model.check_frames(torch.from_numpy(frames.model_range(0, 1)))
-    except ValueError as error:
-        raise ValueError(f"{frames.source}: {error}") from None
-    horizon = args.horizon or config["data"]["horizon"]
-    forecast = forecast_frames(model, frames, horizon, batch_size=args.batch_size, device=device)
-    save_forecast(args.out, forecast, frames, overwrite=args.overwrite)
-    # PNG/GIF grey levels span [0, vmax]: [0, 1] for integer frames (scaled) and most float
-    # ones; up to the largest input value for unbounded data such as rain rates
-    vmax = 1.0 if frames.dtype.kind == "u" else max(1.0, float(frames.array.max()))
-    if args.png:
-        _write_pngs(args.png, forecast, vmax, args.overwrite)
-    if args.gif:
-        first = to_model_range(forecast[0])
-        gif = sequence_gif(frames.model_range(0, 1)[0], None, first, vmax=vmax)
-        atomic_write_bytes(args.gif, gif, overwrite=args.overwrite)
-    print(
-        f"forecast {tuple(forecast.shape)} (N, horizon, C, H, W) of {frames.source} "
-        f"written to {args.out} as {frames.layout} {frames.dtype}"
+    warnings.warn(
+        f"convlstm.predict.{name} moved to {_MOVED[name]}.{name}; the old name will be removed",
+        DeprecationWarning,
+        stacklevel=2,
     )
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``convlstm predict`` on an ``argparse`` sub-parser collection."""
-    parser = subparsers.add_parser(
-        "predict",
-        help="forecast the frames that follow your own input frames",
-        description=(
-            "Forecast the frames after INPUT (a .npy/.npz of (T,H,W), (T,C,H,W), (N,T,H,W) or "
-            "(N,T,C,H,W), or a folder of images sorted by name) with a trained checkpoint, and "
-            "write them in the input's layout and dtype (uint8 in, uint8 out). A 4-D array is "
-            "(T,C,H,W) when its axis 1 equals the model's channels, else (N,T,H,W); --layout "
-            "overrides."
-        ),
-    )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
-    )
-    parser.add_argument(
-        "--input", required=True, metavar="FILE_OR_DIR", help=".npy/.npz file or image folder"
-    )
-    parser.add_argument("--out", required=True, metavar="FILE", help="forecast (.npy or .npz)")
-    parser.add_argument(
-        "--horizon", type=positive_int, help="frames to forecast (default: trained)"
-    )
-    parser.add_argument(
-        "--layout", choices=LAYOUTS, help="axes of the input array (default: guess)"
-    )
-    parser.add_argument("--png", metavar="DIR", help="also write every forecast frame as PNG")
-    parser.add_argument("--gif", metavar="FILE", help="also animate the first sequence as GIF")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")
-    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.set_defaults(handler=lambda args: run_cli("convlstm predict", _predict_command, args))
-    return parser
+    return getattr(importlib.import_module(_MOVED[name]), name)

@@ -1,12 +1,12 @@
-"""The ``convlstm`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``benchmark``.
+"""``convlstm train``: train a model, then evaluate it against baselines.
 
 ``convlstm train [--config FILE|NAME] [--out DIR] [--resume] [--overwrite] [section.key=value ...]``
-trains a model (under ``torchrun --nproc_per_node=N`` with DistributedDataParallel), then rank 0
-evaluates ``best.pt`` against the persistence and zero-frame baselines and writes the report to
-``DIR/report/`` (``metrics.json``, summary table, curves, GIFs). With no arguments it trains the
-default Moving MNIST model (the bundled ``moving_mnist`` configuration: generated sequences from
-the training digits, validation on the unseen ``val`` digits) on CUDA if available, else the CPU,
-into ``runs/<timestamp>-<model>/``.
+(options and overrides in any order) trains a model (under ``torchrun --nproc_per_node=N``
+with DistributedDataParallel), then rank 0 evaluates ``best.pt`` against the persistence and
+zero-frame baselines and writes the report to ``DIR/report/`` (``metrics.json``, summary table,
+curves, GIFs). With no arguments it trains the default Moving MNIST model (the bundled
+``moving_mnist`` configuration: generated sequences from the training digits, validation on the
+unseen ``val`` digits) on CUDA if available, else the CPU, into ``runs/<timestamp>-<model>/``.
 
 ``--config`` takes a ``.toml``/``.yaml``/``.json`` file or the name of a bundled configuration
 (:func:`bundled_configs`). ``--resume`` continues the run in ``--out`` from its ``last.pt``, with
@@ -31,12 +31,11 @@ from typing import Any
 
 import torch
 
-from convlstm import bench as benchmark
-from convlstm import evaluation, export, predict
 from convlstm.checkpoint import CheckpointError
+from convlstm.cli._args import one_line
 from convlstm.config import Config, ConfigError, load_config
 
-__all__ = ["bundled_configs", "main", "resolve_config"]
+__all__ = ["add_parser", "bundled_configs", "resolve_config"]
 
 DEFAULT_CONFIG = "moving_mnist"
 # Datasets read from a file: the dataset option that holds the file, for the final report.
@@ -117,6 +116,11 @@ def _train_command(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out DIR (the run folder to continue)")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
+    if args.overwrite and args.out is not None and args.out.is_symlink():
+        raise UsageError(
+            f"--out {args.out} is a symbolic link to {os.readlink(args.out)}: --overwrite "
+            "replaces only a run folder itself, never a link"
+        )
     config = resolve_config(args.config, args.out, args.resume, args.overrides)
     out = args.out or _default_out(config)
     result = train(config, out, resume=args.resume, overwrite=args.overwrite)
@@ -131,7 +135,9 @@ def _train_command(args: argparse.Namespace) -> int:
     )
     if config.run.eval_samples:
         report = Path(out) / "report"
-        results = evaluation.evaluate_checkpoint(
+        from convlstm.evaluation import evaluate_checkpoint
+
+        results = evaluate_checkpoint(
             result.best_checkpoint,
             _report_data(config),
             report,
@@ -152,22 +158,26 @@ def _train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> None:
+    """Register ``convlstm train`` on an ``argparse`` sub-parser collection."""
     parser = subparsers.add_parser(
         "train",
         help="train a forecasting model, then evaluate it against baselines",
         description=__doc__.split("\n\n")[1],
+        usage="convlstm train [-h] [--config CONFIG] [--out OUT] [--resume] [--overwrite] "
+        "[section.key=value ...]  (options and overrides in any order)",
     )
     parser.add_argument(
         "--config", help=f"config file or bundled name ({', '.join(bundled_configs())})"
     )
     parser.add_argument("--out", type=Path, help="run folder (default runs/<timestamp>-<model>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="e.g. optim.lr=3e-4"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out, only if it is a run folder that train wrote",
     )
-    parser.set_defaults(handler=_run_train)
+    parser.set_defaults(handler=_run_train, overrides_allowed=True)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -187,10 +197,10 @@ def _run_train(args: argparse.Namespace) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except (UsageError, ConfigError, FileExistsError) as error:
-        print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except (CheckpointError, NonFiniteLossError, OSError, RuntimeError, ValueError) as error:
-        message = _one_line(error)
+        message = one_line(error)
         if world != "1" and _collective_failure(error, message):
             message = (
                 f"rank {rank} of {world} lost contact with the other processes of the run "
@@ -222,41 +232,3 @@ def _gloo_free(message: str) -> str:
     """
     message = _SOURCE_LOCATION.sub("", message)
     return message.split(". ")[0].rstrip(".")
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if lines[0].startswith("Caught ") and len(lines) > 1:  # a DataLoader worker's error
-        return f"{lines[0].rstrip('.')}: {lines[-1]}"
-    return lines[0]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``convlstm`` argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(
-        prog="convlstm",
-        description=(
-            "ConvLSTM spatiotemporal forecasting: train, evaluate, predict, export, benchmark."
-        ),
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train_parser(subparsers)
-    for module in (evaluation, predict, export, benchmark):
-        module.add_parser(subparsers)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``convlstm`` command line; returns the exit status.
-
-    >>> main(["train", "--config", "nope.toml"])
-    2
-    """
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
