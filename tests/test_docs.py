@@ -33,7 +33,17 @@ DOC_FILES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 SKIP = "<!-- skip -->"
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+) *(?P<info>[^`]*)$")
 _TITLE = re.compile(r'title="([^"]+)"')
-_OPTIONAL = {"keras", "onnx", "onnxruntime", "onnxscript", "pysteps", "cv2", "h5py", "xarray", "lightning"}
+_OPTIONAL = {
+    "keras",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "pysteps",
+    "cv2",
+    "h5py",
+    "xarray",
+    "lightning",
+}
 
 
 @dataclass(frozen=True)
