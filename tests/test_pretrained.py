@@ -286,7 +286,8 @@ def test_shipped_model_matches_its_card(name):
 def tiny_run(tmp_path_factory):
     """A tiny ``convlstm train`` run folder with its final report, as the CLI leaves it."""
     run = tmp_path_factory.mktemp("run") / "run"
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest on a shared machine
     train(apply_overrides(Config(), TINY_RUN), run)
     evaluate_checkpoint(
         run / "best.pt",
@@ -297,6 +298,7 @@ def tiny_run(tmp_path_factory):
         progress=False,
         device="cpu",
     )
+    torch.set_num_threads(threads)
     return run
 
 
@@ -320,8 +322,9 @@ def test_export_and_card_check(tiny_run, tmp_path):
     text = (folder / "README.md").read_text()
     score = metrics["forecasters"]["model"]["mse_frame"]["overall"]
     assert text.startswith("---\nlibrary_name: convlstm\n") and "# Tiny" in text
+    assert "## Configuration\n\n```yaml\nmodel:\n  name: moving_mnist\n" in text
     assert f"| model | {score:.1f} |" in text and "| +2 |" in text and "persistence" in text
-    assert "- seed: 0" in text and "- command: convlstm train --config" in text
+    assert "- seed: 0" in text and "- command: `convlstm train --config config.yaml`" in text
     check_against_card(folder)
 
 

@@ -390,7 +390,7 @@ def export_pretrained(
     metrics = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
     fields = {
         "seed": config["run"]["seed"],
-        "command": f"convlstm train --config {run_dir / 'config.yaml'}",
+        "command": "`convlstm train --config config.yaml` (config.yaml as under Configuration)",
         **(card or {}),
     }
     training = dict(config)
@@ -503,8 +503,8 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any] | None = No
         lines += [
             "## Scores",
             "",
-            f"On {dataset.get('num_sequences')} sequences of {dataset.get('name')} "
-            f"(not seen in training); units: {dataset.get('units', frames.get('units'))}.",
+            f"On {dataset.get('num_sequences')} sequences of {dataset.get('name')}; values in "
+            f"{dataset.get('units', frames.get('units'))}.",
             "",
             *_score_tables(metrics),
             "",
