@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import convlstm
+from convlstm.models import EncoderForecaster
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
@@ -34,6 +35,12 @@ PACKAGE_DATA = [
     "data/assets/mnist_digits_8k.npz",
     "data/assets/DATA_LICENSE.md",
 ]
+# Shipped trained weights (convlstm/pretrained/<name>/): every file of every shipped folder.
+SHIPPED = sorted(
+    str(p.relative_to(PACKAGE))
+    for p in (PACKAGE / "pretrained").glob("*/*")
+    if p.is_file() and (p.parent / "config.json").is_file()
+)
 # What the sdist carries besides the package (MANIFEST.in): single files, and folders whole.
 SDIST_FILES = ["pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "mkdocs.yml"]
 SDIST_FOLDERS = ["benchmarks", "configs", "docs", "examples", "scripts", "tests"]
@@ -105,7 +112,7 @@ def test_package_data_present_and_declared():
     declared = PYPROJECT["tool"]["setuptools"]["package-data"]["convlstm"]
     configs = sorted((PACKAGE / "configs").glob("*.toml"))
     assert configs, "no bundled configs/*.toml"
-    for relative in [*PACKAGE_DATA, *(str(p.relative_to(PACKAGE)) for p in configs)]:
+    for relative in [*PACKAGE_DATA, *SHIPPED, *(str(p.relative_to(PACKAGE)) for p in configs)]:
         path = PACKAGE / relative
         assert path.is_file(), relative
         assert path.stat().st_size > 0 or path.name == "py.typed", f"{relative} is empty"
@@ -158,6 +165,12 @@ def test_wheel(tmp_path):
     shutil.copytree(ROOT / "src", tree / "src", ignore=TREE_IGNORE)
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, tree / name)
+    # a pretrained folder in the copy, so that the wheel's patterns are proven even before any
+    # weights ship (save_pretrained's layout, with the optional metrics.json)
+    probe = tree / "src" / "convlstm" / "pretrained" / "probe_model"
+    EncoderForecaster(1, [2], 3, patch_size=2).save_pretrained(probe, metrics={"forecasters": {}})
+    probe_files = sorted(f"convlstm/pretrained/probe_model/{p.name}" for p in probe.iterdir())
+    assert len(probe_files) == 4, probe_files
     wheel = _build(tree, "wheel", tmp_path / "dist")
 
     with zipfile.ZipFile(wheel) as archive:
@@ -165,8 +178,9 @@ def test_wheel(tmp_path):
         dist_info = f"convlstm-{convlstm.__version__}.dist-info"
         metadata = Parser().parsestr(archive.read(f"{dist_info}/METADATA").decode())
         entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
-    for relative in PACKAGE_DATA:
+    for relative in [*PACKAGE_DATA, *SHIPPED]:
         assert f"convlstm/{relative}" in names, relative
+    assert set(probe_files) <= names, f"pretrained files missing: {set(probe_files) - names}"
     for config in (PACKAGE / "configs").glob("*.toml"):
         assert f"convlstm/configs/{config.name}" in names, config.name
     sources = {"convlstm/" + str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")}
@@ -193,7 +207,7 @@ def test_sdist(tmp_path):
     with tarfile.open(sdist) as archive:
         names = {m.name.removeprefix(prefix) for m in archive.getmembers() if m.isfile()}
     expected = {*SDIST_FILES, "MANIFEST.in", "docs/index.md", "examples/frame_sequence.py"}
-    expected |= {f"src/convlstm/{relative}" for relative in PACKAGE_DATA}
+    expected |= {f"src/convlstm/{relative}" for relative in [*PACKAGE_DATA, *SHIPPED]}
     expected |= {f"src/convlstm/configs/{p.name}" for p in (PACKAGE / "configs").glob("*.toml")}
     expected |= {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py")}
     for folder in SDIST_FOLDERS:

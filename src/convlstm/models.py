@@ -28,8 +28,10 @@ torch.Size([2, 3, 1, 64, 64])
 from __future__ import annotations
 
 import copy
+import os
 import typing
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -170,6 +172,25 @@ class EncoderForecaster(nn.Module):
         )
         """The constructor's arguments as plain Python values: ``EncoderForecaster(**config)``
         builds the same architecture."""
+
+    def save_pretrained(self, folder: str | os.PathLike[str], **options: Any) -> Path:
+        """Write this model to ``folder`` as ``model.safetensors``, ``config.json`` and a model
+        card ``README.md`` (the Hugging Face Hub layout); ``options`` are those of
+        :func:`convlstm.pretrained.save_pretrained` (``data=``, ``card=``, ...)."""
+        from convlstm.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_folder: str | os.PathLike[str], map_location: Any = "cpu"
+    ) -> EncoderForecaster:
+        """The trained model of a folder written by :meth:`save_pretrained`, or of a name whose
+        weights ship with the package (:func:`convlstm.pretrained.list_pretrained`), in eval
+        mode; no pickle is read, so no code runs on load."""
+        from convlstm.pretrained import load_pretrained
+
+        return load_pretrained(name_or_folder, map_location=map_location)[0]
 
     def patch(self, frames: Tensor) -> Tensor:
         """Space-to-depth: ``(B, T, C, H, W)`` -> ``(B, T, C*p*p, H/p, W/p)``."""
@@ -375,8 +396,10 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     return copy.deepcopy({**_DEFAULTS, **_MODELS[name], **overrides})
 
 
-def create_model(name: str, **overrides: Any) -> EncoderForecaster:
-    """Build the registered model ``name``, with constructor arguments ``overrides`` changed.
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> EncoderForecaster:
+    """Build the registered model ``name``, with constructor arguments ``overrides`` changed;
+    with ``pretrained=True`` load its shipped trained weights instead (in eval mode; no
+    overrides), or raise an error naming the models that ship weights.
 
     >>> create_model("radar", hidden_channels=[16]).config["output_activation"]
     'identity'
@@ -385,4 +408,11 @@ def create_model(name: str, **overrides: Any) -> EncoderForecaster:
     ...
     ValueError: unknown model 'nope'; valid models: moving_mnist, moving_mnist_large, radar
     """
+    if pretrained:
+        if overrides:
+            raise ValueError(
+                f"pretrained=True loads the trained architecture; drop {', '.join(overrides)}"
+            )
+        model_config(name)  # an unknown name: the error lists the valid ones
+        return EncoderForecaster.from_pretrained(name)
     return EncoderForecaster(**model_config(name, **overrides))
