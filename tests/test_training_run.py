@@ -285,9 +285,9 @@ def test_run_channels_last_means_what_fast_settings_means(tmp_path: Path, monkey
     real = training.loop.Trainer._step
 
     def step(self, inputs, targets):
-        from convlstm import _settings
+        from convlstm import fast
 
-        seen.append(_settings.current().channels_last)
+        seen.append(fast.current().channels_last)
         return real(self, inputs, targets)
 
     monkeypatch.setattr(training.loop.Trainer, "_step", step)
@@ -295,6 +295,6 @@ def test_run_channels_last_means_what_fast_settings_means(tmp_path: Path, monkey
         seen.clear()
         train(tiny(f"run.channels_last={value}", "optim.epochs=1"), tmp_path / value)
         assert seen == [expected, expected]
-    from convlstm import _settings
+    from convlstm import fast
 
-    assert _settings.current().channels_last is None  # restored after training
+    assert fast.current().channels_last is None  # restored after training
