@@ -146,6 +146,8 @@ def test_optical_flow_follows_the_motion() -> None:
     assert flow_error < 0.5 * persistence_error
 
 
-def test_docstring_examples() -> None:
+def test_docstring_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the examples register a baseline: keep it out of the other tests
+    monkeypatch.setattr(baselines, "_REGISTRY", baselines._REGISTRY.copy())
     outcome = doctest.testmod(baselines, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert outcome.attempted > 0 and outcome.failed == 0
