@@ -650,3 +650,33 @@ def test_reduce_over_two_gloo_processes_equals_single_process() -> None:
         nprocs=2,
         join=True,
     )
+
+
+def test_states_saved_before_torchmetrics_still_load() -> None:
+    # ForecastMetrics.state_dict() of convlstm 0.1 (before the metrics were torchmetrics Metrics)
+    pred, target = _rain(18)
+    whole = ForecastMetrics(**RAIN).update(pred, target)
+    legacy = {
+        "config": {"data_range": 40.0, "clip": None, "contingency": whole._config()["contingency"]},
+        "sums": whole.sums.clone(),
+        "counts": whole.counts[:2].clone(),  # frames and values; SSIM scored every frame then
+        "contingency": {"config": whole._config()["contingency"], "counts": whole.table.clone()},
+    }
+    restored = ForecastMetrics(**RAIN)
+    restored.load_state_dict(legacy)
+    assert restored.compute() == whole.compute()
+    no_thresholds = ForecastMetrics(clip=None, data_range=40.0)
+    no_thresholds.load_state_dict(
+        {**legacy, "config": {**legacy["config"], "contingency": None}, "contingency": None}
+    )
+    assert no_thresholds.compute()["mse_frame"] == whole.compute()["mse_frame"]
+
+
+def test_forward_gives_the_batch_and_accumulates() -> None:
+    # torchmetrics' forward: the metrics of this batch, while the state keeps every batch
+    pred, target = _rain(19, shape=(4, 3, 1, 8, 8))
+    accumulator = ForecastMetrics(**RAIN)
+    first = accumulator(pred[:2], target[:2])
+    _assert_results_close(first, score_forecasts(pred[:2], target[:2], **RAIN), rel=1e-12)
+    accumulator(pred[2:], target[2:])
+    _assert_results_close(accumulator.compute(), score_forecasts(pred, target, **RAIN), rel=1e-9)

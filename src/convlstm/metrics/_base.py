@@ -146,14 +146,18 @@ class LeadTimeMetric(Metric):
                 f"can only merge a {type(self).__name__} or a dict of its states, "
                 f"got {type(incoming_state).__name__}"
             )
+        self._reduce_states(incoming_state)
+        self._update_count += updates
+        self._computed = None
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        # torchmetrics' version adds tensors of equal shapes; here either side may have T = 0
         missing = set(self._state_shapes) - set(incoming_state)
         if missing:
             raise ValueError(f"incoming state lacks {sorted(missing)}")
         states = {name: torch.as_tensor(incoming_state[name]) for name in self._state_shapes}
         if next(iter(states.values())).shape[1]:
             self._add_to_states(states)
-            self._update_count += updates
-            self._computed = None
 
     def merge(self, other: Self) -> Self:
         """Add another metric's state (same class and settings) in place; ``a + b`` returns

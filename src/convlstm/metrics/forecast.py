@@ -132,10 +132,18 @@ class ForecastMetrics(LeadTimeMetric):
             return {"ssim": reason}
         return {}
 
-    def reset(self) -> None:
-        """Drop all accumulated state (and the number of lead times)."""
-        super().reset()
-        self._ssim_problem = None
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        legacy = state_dict.pop(prefix + "contingency", ())
+        if legacy != ():  # saved before ForecastMetrics was a torchmetrics Metric
+            counts = torch.as_tensor(state_dict[prefix + "counts"])
+            if counts.shape[0] == _COUNT_ROWS - 1:  # SSIM scored every frame then
+                state_dict[prefix + "counts"] = torch.cat((counts, counts[:1]))
+            state_dict[prefix + "table"] = (
+                torch.zeros(0, counts.shape[1], 4, dtype=torch.int64)
+                if legacy is None
+                else legacy["counts"]
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> Self:  # type: ignore[override]  # chains
@@ -155,7 +163,7 @@ class ForecastMetrics(LeadTimeMetric):
         if problem is None:
             ssim = _frame_ssim(clipped, target_, self.data_range)
         else:
-            if self._ssim_problem is None:
+            if problem != self._ssim_problem:  # once per frame size
                 warnings.warn(f"{problem}: SSIM is left out of the metrics", stacklevel=4)
                 self._ssim_problem = problem
             ssim = torch.zeros(batch, lead_times, dtype=torch.float64, device=pred.device)
