@@ -680,3 +680,21 @@ def test_forward_gives_the_batch_and_accumulates() -> None:
     _assert_results_close(first, score_forecasts(pred[:2], target[:2], **RAIN), rel=1e-12)
     accumulator(pred[2:], target[2:])
     _assert_results_close(accumulator.compute(), score_forecasts(pred, target, **RAIN), rel=1e-9)
+
+
+def test_evaluation_and_report_of_frames_smaller_than_ssims_window() -> None:
+    # issue 19, end to end: a dataset of 4x5 frames is scored and reported, SSIM left out
+    from convlstm.data import ArrayDataset
+    from convlstm.evaluation import evaluate
+    from convlstm.report import report_files
+
+    dataset = ArrayDataset(torch.rand(12, 1, 4, 5), input_len=3, output_len=2, layout="record")
+    with pytest.warns(UserWarning, match="H=4, W=5: SSIM is left out"):
+        results = evaluate(
+            lambda inputs, horizon: inputs[:, -1:].expand(-1, horizon, -1, -1, -1),
+            dataset,
+            progress=False,
+        )
+    for scores in results["forecasters"].values():
+        assert set(scores) == set(CONTINUOUS_METRICS) - {"ssim"}
+    assert "metrics.json" in report_files(results)
