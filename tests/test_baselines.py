@@ -21,7 +21,7 @@ from convlstm.baselines import (
     persistence,
     zeros,
 )
-from convlstm.metrics import evaluate
+from convlstm.metrics import score_forecasts
 
 
 def _inputs(shape: tuple[int, ...] = (2, 4, 3, 8, 8)) -> torch.Tensor:
@@ -70,7 +70,7 @@ def test_persistence_metrics_match_numpy() -> None:
     generator = torch.Generator().manual_seed(1)
     frames = torch.rand(3, 7, 1, 8, 8, generator=generator)  # 4 inputs, 3 targets
     inputs, target = frames[:, :4], frames[:, 4:]
-    result = evaluate(persistence(inputs, 3), target, data_range=1.0, thresholds=(0.5,))
+    result = score_forecasts(persistence(inputs, 3), target, data_range=1.0, thresholds=(0.5,))
 
     last, truth = inputs[:, -1:].numpy().astype(np.float64), target.numpy().astype(np.float64)
     error = last - truth  # broadcast over the 3 lead times
@@ -146,6 +146,8 @@ def test_optical_flow_follows_the_motion() -> None:
     assert flow_error < 0.5 * persistence_error
 
 
-def test_docstring_examples() -> None:
+def test_docstring_examples(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the examples register a baseline: keep it out of the other tests
+    monkeypatch.setattr(baselines, "_REGISTRY", baselines._REGISTRY.copy())
     outcome = doctest.testmod(baselines, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert outcome.attempted > 0 and outcome.failed == 0

@@ -30,7 +30,7 @@ def test_unknown_name_lists_the_valid_ones():
 
 
 def test_register_dataset_refuses_silent_replacement(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     data.register_dataset("tiny", lambda **kwargs: data.MovingMNIST(num_samples=1, **kwargs))
     assert len(data.get_dataset("tiny", seed=2)) == 1
     with pytest.raises(ValueError, match=r"already registered"):
@@ -49,7 +49,7 @@ def test_public_names_are_exported():
     ["", ".mnist", ".moving_mnist", ".radar", ".arrays", ".transforms", ".registry"],
 )
 def test_docstring_examples_run(module, monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
     mod = importlib.import_module("convlstm.data" + module)
     result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import convlstm
+from convlstm import baselines, models
 from convlstm.data import registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +167,9 @@ def public_modules() -> list[str]:
 def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # examples that register datasets (convlstm.data.registry) must not leak into later tests
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", registry._REGISTRY.copy())
+    monkeypatch.setattr(models, "_REGISTRY", models._REGISTRY.copy())  # so are models
+    monkeypatch.setattr(baselines, "_REGISTRY", baselines._REGISTRY.copy())  # and baselines
     try:
         module = importlib.import_module(name)
     except ImportError as error:  # a module of an optional extra (convlstm.lightning)

@@ -25,10 +25,10 @@ from convlstm.metrics import (
     ContingencyTable,
     ForecastMetrics,
     categorical_scores,
-    evaluate,
     mae,
     mse,
     psnr,
+    score_forecasts,
     ssim,
 )
 
@@ -360,11 +360,11 @@ def test_streaming_equals_one_shot() -> None:
     streamed = ForecastMetrics(**RAIN)
     for start in range(0, 9, 2):
         streamed.update(pred[start : start + 2], target[start : start + 2])
-    one_shot = evaluate(pred, target, **RAIN)
+    one_shot = score_forecasts(pred, target, **RAIN)
     _assert_results_close(streamed.compute(), one_shot, rel=1e-6)
     assert streamed.num_sequences == 9 and streamed.lead_times == 3
     # The state is per lead time: it does not grow with the number of batches.
-    assert all(t.numel() <= 4 * 3 for t in (streamed._sums, streamed._counts))
+    assert all(t.numel() <= 4 * 3 for t in (streamed.sums, streamed.counts))
 
 
 def test_compute_matches_functional_metrics_and_is_json() -> None:
@@ -391,7 +391,7 @@ def test_compute_matches_functional_metrics_and_is_json() -> None:
 
 def test_categorical_scores_in_compute_match_table() -> None:
     pred, target = _rain(9)
-    result = evaluate(pred, target, **RAIN)
+    result = score_forecasts(pred, target, **RAIN)
     table = ContingencyTable(RAIN["thresholds"]).update(pred, target)
     per_lead_time, overall = table.scores(), table.scores(overall=True)
     for name in CATEGORICAL_SCORES:
@@ -405,7 +405,7 @@ def test_categorical_scores_in_compute_match_table() -> None:
 def test_categorical_scores_use_raw_predictions() -> None:
     # Clipping to [0, 1] (the default) must not touch the categorical scores.
     rain = torch.full((1, 1, 1, 8, 8), 5.0)
-    result = evaluate(rain, rain, thresholds=(2.0,))
+    result = score_forecasts(rain, rain, thresholds=(2.0,))
     assert result["csi@2"]["overall"] == 1.0
     assert result["mse_frame"]["overall"] == pytest.approx(64 * 16.0)
 
@@ -414,7 +414,7 @@ def test_merge_state_dict_and_reset() -> None:
     pred, target = _rain(10)
     first = ForecastMetrics(**RAIN).update(pred[:2], target[:2])
     second = ForecastMetrics(**RAIN).update(pred[2:], target[2:])
-    whole = evaluate(pred, target, **RAIN)
+    whole = score_forecasts(pred, target, **RAIN)
     _assert_results_close((first + second).compute(), whole, rel=1e-6)
 
     buffer = io.BytesIO()
@@ -447,7 +447,7 @@ def test_reduce_is_a_noop_without_distributed() -> None:
 # --------------------------------------------------------------------------- bad inputs
 
 
-@pytest.mark.parametrize("function", [mse, mae, ssim, psnr, evaluate])
+@pytest.mark.parametrize("function", [mse, mae, ssim, psnr, score_forecasts])
 def test_shape_mismatch_names_both_shapes(function) -> None:
     with pytest.raises(
         ValueError, match=r"pred has \(2, 3, 1, 8, 8\), target has \(2, 4, 1, 8, 8\)"
@@ -479,8 +479,6 @@ def test_bad_settings_and_sizes_raise_clear_errors() -> None:
     small = torch.zeros(1, 1, 1, 5, 8)
     with pytest.raises(ValueError, match=r"SSIM needs frames of at least 6x6.*H=5"):
         ssim(small, small)
-    with pytest.raises(ValueError, match="SSIM"):
-        ForecastMetrics().update(small, small)
     for data_range in (0.0, -1.0, math.nan, "1", True):
         with pytest.raises(ValueError, match="data_range"):
             ForecastMetrics(data_range=data_range)
@@ -496,9 +494,77 @@ def test_bad_settings_and_sizes_raise_clear_errors() -> None:
     assert accumulator.num_sequences == 1  # the rejected batch left no trace
 
 
+def test_frames_smaller_than_ssims_window_are_scored_without_ssim() -> None:
+    # issue 19: a 5x8 frame cannot hold SSIM's 11x11 window (6x6 after reflect-padding);
+    # every other metric is still computed, SSIM is left out with a warning and a reason.
+    pred, target = _images(14, (2, 3, 1, 5, 8))
+    accumulator = ForecastMetrics(thresholds=(0.5,))
+    with pytest.warns(UserWarning, match=r"SSIM needs frames of at least 6x6.*H=5.*left out"):
+        accumulator.update(pred, target)
+    result = accumulator.compute()
+    assert "ssim" not in result
+    assert set(result) == {*CONTINUOUS_METRICS, *(f"{n}@0.5" for n in CATEGORICAL_SCORES)} - {
+        "ssim"
+    }
+    assert "H=5" in accumulator.skipped["ssim"]
+    np.testing.assert_allclose(result["mse_frame"]["per_lead_time"], mse(pred, target))
+    np.testing.assert_allclose(result["psnr"]["per_lead_time"], psnr(pred, target))
+    with pytest.warns(UserWarning, match="SSIM"):
+        assert "ssim" not in score_forecasts(pred, target)
+    # Large frames afterwards do not bring back an SSIM averaged over part of the frames.
+    large = _images(15, (1, 3, 1, 8, 8))
+    assert "ssim" not in accumulator.update(*large).compute()
+    accumulator.reset()
+    assert accumulator.skipped == {}
+    assert "ssim" in accumulator.update(*large).compute()
+
+
+def test_evaluate_is_a_deprecated_alias_of_score_forecasts() -> None:
+    pred, target = _rain(16)
+    with pytest.warns(DeprecationWarning, match="score_forecasts"):
+        old = metrics.evaluate(pred, target, **RAIN)
+    assert old == score_forecasts(pred, target, **RAIN)
+
+
+def test_metrics_are_torchmetrics_metrics_that_merge_exactly() -> None:
+    # Two "ranks" accumulate uneven shards in several batches; merging their states (through
+    # torchmetrics' merge_state, a saved state dict, or +) equals one pass over all the data.
+    from torchmetrics import Metric
+
+    pred, target = _rain(17, shape=(7, 3, 2, 8, 8))
+    ranks = [ForecastMetrics(**RAIN), ForecastMetrics(**RAIN)]
+    for start in range(0, 7, 2):
+        ranks[start // 2 % 2].update(pred[start : start + 2], target[start : start + 2])
+    single = ForecastMetrics(**RAIN).update(pred, target)
+    assert isinstance(single, Metric) and single.sums.dtype == torch.float64
+    merged = ForecastMetrics(**RAIN)
+    merged.merge_state(ranks[0])
+    merged.merge_state(ranks[1].metric_state)
+    _assert_results_close(merged.compute(), single.compute(), rel=1e-12)
+    _assert_results_close((ranks[0] + ranks[1]).compute(), single.compute(), rel=1e-12)
+    assert torch.equal(merged.counts, single.counts) and torch.equal(merged.table, single.table)
+    assert ranks[0].num_sequences == 4  # + left its operands alone
+
+    tables = [
+        ContingencyTable((0.5, 2.0)).update(pred[:3], target[:3]),
+        ContingencyTable((0.5, 2.0)),
+    ]
+    tables[1].update(pred[3:], target[3:])
+    whole = ContingencyTable((0.5, 2.0)).update(pred, target)
+    tables[0].merge_state(tables[1])
+    assert torch.equal(tables[0].counts, whole.counts)
+    for name, value in tables[0].compute().items():
+        torch.testing.assert_close(value, whole.scores()[name], equal_nan=True)
+    with pytest.raises(TypeError, match="ContingencyTable"):
+        tables[0].merge_state(single)
+
+
 def test_docstring_examples() -> None:
-    outcome = doctest.testmod(metrics, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert outcome.attempted > 0 and outcome.failed == 0
+    from convlstm.metrics import categorical, forecast, functional
+
+    for module in (metrics, functional, categorical, forecast):
+        outcome = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+        assert outcome.attempted > 0 and outcome.failed == 0, module.__name__
 
 
 # --------------------------------------------------------------------------- distributed
@@ -523,6 +589,12 @@ def _distributed_worker(
         timeout=datetime.timedelta(seconds=60),  # fail, rather than hang, if a rank is lost
     )
     try:
+        # compute() syncs by itself (torchmetrics), then restores this rank's own state.
+        synced = ForecastMetrics(**RAIN)
+        synced.load_state_dict(states[rank])
+        _assert_results_close(synced.compute(), expected, rel=1e-9)
+        assert synced.num_sequences == (4, 3)[rank]
+
         local = ForecastMetrics(**RAIN)
         local.load_state_dict(states[rank])
         assert local.reduce_() is local
@@ -534,8 +606,11 @@ def _distributed_worker(
         table = ContingencyTable()
         if rank == 0:
             table.update(pred, target)
+        whole = ContingencyTable().update(pred, target)
+        for name, value in table.compute().items():
+            torch.testing.assert_close(value, whole.scores()[name], equal_nan=True)
         table.reduce_()
-        assert torch.equal(table.counts, ContingencyTable().update(pred, target).counts)
+        assert torch.equal(table.counts, whole.counts)
 
         # Ranks disagreeing on the number of lead times all raise (no deadlock).
         mismatched = ContingencyTable().update(pred[:, : 1 + rank], target[:, : 1 + rank])
@@ -545,6 +620,15 @@ def _distributed_worker(
             assert "different numbers of lead times" in str(error)
         else:
             raise AssertionError("reduce_ accepted ranks with different lead times")
+        mismatched = ForecastMetrics().update(
+            pred[:, : 1 + rank].clamp(0, 1), target[:, : 1 + rank]
+        )
+        try:
+            mismatched.compute()
+        except ValueError as error:
+            assert "different numbers of lead times" in str(error)
+        else:
+            raise AssertionError("compute accepted ranks with different lead times")
     finally:
         dist.destroy_process_group()
 
@@ -559,10 +643,58 @@ def test_reduce_over_two_gloo_processes_equals_single_process() -> None:
             stop = min(start + 2, shard.stop)
             accumulator.update(pred[start:stop], target[start:stop])
         shards.append(accumulator.state_dict())
-    expected = evaluate(pred, target, **RAIN)
+    expected = score_forecasts(pred, target, **RAIN)
     mp.spawn(
         _distributed_worker,
         args=(2, _free_port(), shards, expected, (pred, target)),
         nprocs=2,
         join=True,
     )
+
+
+def test_states_saved_before_torchmetrics_still_load() -> None:
+    # ForecastMetrics.state_dict() of convlstm 0.1 (before the metrics were torchmetrics Metrics)
+    pred, target = _rain(18)
+    whole = ForecastMetrics(**RAIN).update(pred, target)
+    legacy = {
+        "config": {"data_range": 40.0, "clip": None, "contingency": whole._config()["contingency"]},
+        "sums": whole.sums.clone(),
+        "counts": whole.counts[:2].clone(),  # frames and values; SSIM scored every frame then
+        "contingency": {"config": whole._config()["contingency"], "counts": whole.table.clone()},
+    }
+    restored = ForecastMetrics(**RAIN)
+    restored.load_state_dict(legacy)
+    assert restored.compute() == whole.compute()
+    no_thresholds = ForecastMetrics(clip=None, data_range=40.0)
+    no_thresholds.load_state_dict(
+        {**legacy, "config": {**legacy["config"], "contingency": None}, "contingency": None}
+    )
+    assert no_thresholds.compute()["mse_frame"] == whole.compute()["mse_frame"]
+
+
+def test_forward_gives_the_batch_and_accumulates() -> None:
+    # torchmetrics' forward: the metrics of this batch, while the state keeps every batch
+    pred, target = _rain(19, shape=(4, 3, 1, 8, 8))
+    accumulator = ForecastMetrics(**RAIN)
+    first = accumulator(pred[:2], target[:2])
+    _assert_results_close(first, score_forecasts(pred[:2], target[:2], **RAIN), rel=1e-12)
+    accumulator(pred[2:], target[2:])
+    _assert_results_close(accumulator.compute(), score_forecasts(pred, target, **RAIN), rel=1e-9)
+
+
+def test_evaluation_and_report_of_frames_smaller_than_ssims_window() -> None:
+    # issue 19, end to end: a dataset of 4x5 frames is scored and reported, SSIM left out
+    from convlstm.data import ArrayDataset
+    from convlstm.evaluation import evaluate
+    from convlstm.report import report_files
+
+    dataset = ArrayDataset(torch.rand(12, 1, 4, 5), input_len=3, output_len=2, layout="record")
+    with pytest.warns(UserWarning, match="H=4, W=5: SSIM is left out"):
+        results = evaluate(
+            lambda inputs, horizon: inputs[:, -1:].expand(-1, horizon, -1, -1, -1),
+            dataset,
+            progress=False,
+        )
+    for scores in results["forecasters"].values():
+        assert set(scores) == set(CONTINUOUS_METRICS) - {"ssim"}
+    assert "metrics.json" in report_files(results)

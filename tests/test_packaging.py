@@ -43,7 +43,7 @@ SHIPPED = sorted(
 )
 # What the sdist carries besides the package (MANIFEST.in): single files, and folders whole.
 SDIST_FILES = ["pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md", "mkdocs.yml"]
-SDIST_FOLDERS = ["benchmarks", "configs", "docs", "examples", "scripts", "tests"]
+SDIST_FOLDERS = ["benchmarks", "docs", "examples", "scripts", "tests"]
 # Never copied into a test build: environments, outputs, caches, version control.
 TREE_IGNORE = shutil.ignore_patterns(
     ".*", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "site", "runs"

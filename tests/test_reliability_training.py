@@ -71,7 +71,7 @@ def faulty_dataset():
 
     register_dataset("faulty", Faulty, overwrite=True)
     yield
-    registry._REGISTRY.pop("faulty", None)
+    registry._REGISTRY.unregister("faulty")
 
 
 def tiny(*overrides: str):

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._pysteps import import_pysteps
+from convlstm._pysteps import import_pysteps
+from convlstm.registry import Registry, normalise_name
 
 __all__ = [
     "BaselineUnavailableError",
@@ -54,6 +55,7 @@ __all__ = [
     "list_baselines",
     "optical_flow",
     "persistence",
+    "register_baseline",
     "sprog",
     "zeros",
 ]
@@ -310,6 +312,35 @@ _REQUIREMENTS: dict[str, Callable[[], object]] = {
     "optical_flow": _pysteps_methods,
     "sprog": _pysteps_methods,
 }
+_REGISTRY: Registry[Forecaster] = Registry("baseline", _BASELINES, sort=False)
+"""The built-in baselines above and those added with :func:`register_baseline`."""
+
+
+def register_baseline(name: str, forecaster: Forecaster, *, overwrite: bool = False) -> None:
+    """Make ``forecaster`` available by name to :func:`get_baseline` (and so to
+    ``convlstm evaluate --baselines``).
+
+    Args:
+        name: the baseline's name (case-insensitive, ``-`` equals ``_``).
+        forecaster: ``forecaster(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``.
+        overwrite: replace a baseline already registered as ``name``.
+
+    Raises:
+        TypeError: ``forecaster`` is not callable.
+        ValueError: ``name`` is taken and ``overwrite`` is false.
+
+    >>> import torch
+    >>> from convlstm.baselines import get_baseline, register_baseline
+    >>> def halves(inputs, horizon):
+    ...     return inputs[:, -1:].expand(-1, horizon, -1, -1, -1) / 2
+    >>> register_baseline("halves", halves)
+    >>> get_baseline("halves")(torch.ones(1, 2, 1, 4, 4), 3).unique()
+    tensor([0.5000])
+    """
+    if not callable(forecaster):
+        raise TypeError(f"forecaster must be callable, got {type(forecaster).__name__}")
+    key = _REGISTRY.register(name, forecaster, overwrite=overwrite)
+    _REQUIREMENTS.pop(key, None)  # a replaced built-in no longer needs its dependencies
 
 
 def list_baselines() -> list[str]:
@@ -319,7 +350,7 @@ def list_baselines() -> list[str]:
     >>> list_baselines()
     ['persistence', 'zeros', 'climatology', 'optical_flow', 'sprog']
     """
-    return list(_BASELINES)
+    return _REGISTRY.names()
 
 
 def available_baselines() -> list[str]:
@@ -334,7 +365,7 @@ def available_baselines() -> list[str]:
     ['persistence', 'zeros', 'climatology']
     """
     usable = []
-    for name in _BASELINES:
+    for name in _REGISTRY:
         try:
             _REQUIREMENTS.get(name, lambda: None)()
         except BaselineUnavailableError:
@@ -355,10 +386,6 @@ def get_baseline(name: str) -> Forecaster:
     >>> get_baseline("persistence")(torch.ones(1, 2, 1, 4, 4), 3).shape
     torch.Size([1, 3, 1, 4, 4])
     """
-    if name not in _BASELINES:
-        raise ValueError(
-            f"unknown baseline {name!r}; valid baselines: {', '.join(list_baselines())}"
-        )
-    if name in _REQUIREMENTS:
-        _REQUIREMENTS[name]()
-    return _BASELINES[name]
+    forecaster = _REGISTRY.get(name)
+    _REQUIREMENTS.get(normalise_name(name), lambda: None)()
+    return forecaster

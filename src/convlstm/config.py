@@ -452,6 +452,7 @@ def validate_config(config: Config) -> Config:
     convlstm.config.ConfigError: data.horizon must be >= 1, got 0
     """
     from convlstm.data import list_datasets
+    from convlstm.registry import normalise_name
 
     config = config_from_dict(config_to_dict(config))
     if config.model.name not in list_models():
@@ -468,7 +469,7 @@ def validate_config(config: Config) -> Config:
     config.model.options = options
     data, optim, run = config.data, config.optim, config.run
     datasets = list_datasets()
-    if data.name.strip().lower().replace("-", "_") not in datasets:
+    if normalise_name(data.name) not in datasets:
         raise ConfigError(
             f"data.name: unknown dataset {data.name!r}; valid datasets: {', '.join(datasets)}"
         )

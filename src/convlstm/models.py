@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from convlstm._checks import check_choice, check_int, check_positive
 from convlstm.layers import ConvLSTM2d
+from convlstm.registry import Registry
 
 __all__ = [
     "MODEL_PARAMETERS",
@@ -47,6 +48,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_config",
+    "register_model",
 ]
 
 READOUTS = ("concat", "top")
@@ -367,13 +369,49 @@ _MODELS: dict[str, dict[str, Any]] = {
 }
 
 
+_REGISTRY: Registry[dict[str, Any]] = Registry("model", _MODELS)
+"""The built-in models above and those added with :func:`register_model`."""
+
+
+def _check_parameters(config: dict[str, Any]) -> None:
+    unknown = sorted(set(config) - set(MODEL_PARAMETERS))
+    if unknown:
+        raise ValueError(
+            f"unknown model parameter(s) {', '.join(unknown)}; valid parameters: "
+            f"{', '.join(MODEL_PARAMETERS)}"
+        )
+
+
+def register_model(name: str, *, overwrite: bool = False, **config: Any) -> None:
+    """Make a model configuration available by name to :func:`create_model` (and so to a
+    training configuration's ``model.name``).
+
+    Names are case-insensitive and ``-`` equals ``_``. ``config`` holds constructor arguments
+    of :class:`EncoderForecaster`; those left out take the defaults of :data:`MODEL_PARAMETERS`.
+
+    Args:
+        name: the new model's name.
+        overwrite: replace a model already registered as ``name``.
+        **config: constructor arguments of :class:`EncoderForecaster`.
+
+    Raises:
+        ValueError: an unknown constructor argument, or ``name`` taken and ``overwrite`` false.
+
+    >>> register_model("tiny", hidden_channels=[4], patch_size=2)
+    >>> create_model("tiny").config["hidden_channels"]
+    [4]
+    """
+    _check_parameters(config)
+    _REGISTRY.register(name, copy.deepcopy(config), overwrite=overwrite)
+
+
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`.
 
     >>> list_models()
     ['moving_mnist', 'moving_mnist_large', 'radar']
     """
-    return sorted(_MODELS)
+    return _REGISTRY.names()
 
 
 def model_config(name: str, **overrides: Any) -> dict[str, Any]:
@@ -385,15 +423,9 @@ def model_config(name: str, **overrides: Any) -> dict[str, Any]:
     >>> model_config("moving_mnist_large")["hidden_channels"]
     [128, 128, 128, 128]
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
-    unknown = sorted(set(overrides) - set(MODEL_PARAMETERS))
-    if unknown:
-        raise ValueError(
-            f"unknown model parameter(s) {', '.join(unknown)}; valid parameters: "
-            f"{', '.join(MODEL_PARAMETERS)}"
-        )
-    return copy.deepcopy({**_DEFAULTS, **_MODELS[name], **overrides})
+    registered = _REGISTRY.get(name)
+    _check_parameters(overrides)
+    return copy.deepcopy({**_DEFAULTS, **registered, **overrides})
 
 
 def create_model(name: str, pretrained: bool = False, **overrides: Any) -> EncoderForecaster:

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from convlstm.registry import Registry
+
 from .archive import RadarArchiveDataset
 from .arrays import ArrayDataset
 from .moving_mnist import MovingMNIST, MovingMNISTFile
@@ -14,18 +16,16 @@ from .radar import SyntheticRadar
 
 DatasetFactory = Callable[..., Dataset[Any]]
 
-_REGISTRY: dict[str, DatasetFactory] = {
-    "moving_mnist": MovingMNIST,
-    "moving_mnist_file": MovingMNISTFile,
-    "radar": SyntheticRadar,
-    "array": ArrayDataset,
-}
-
-
-def _normalise(name: str) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"dataset name must be a string, got {type(name).__name__}")
-    return name.strip().lower().replace("-", "_")
+_REGISTRY: Registry[DatasetFactory] = Registry(
+    "dataset",
+    {
+        "moving_mnist": MovingMNIST,
+        "moving_mnist_file": MovingMNISTFile,
+        "radar": SyntheticRadar,
+        "array": ArrayDataset,
+    },
+    valid="names",
+)
 
 
 def list_datasets() -> list[str]:
@@ -35,7 +35,7 @@ def list_datasets() -> list[str]:
         >>> [name for name in list_datasets() if "mnist" in name]
         ['moving_mnist', 'moving_mnist_file']
     """
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_dataset(name: str, **kwargs: Any) -> Dataset[Any]:
@@ -54,10 +54,7 @@ def get_dataset(name: str, **kwargs: Any) -> Dataset[Any]:
         >>> len(ds), ds[0][0].shape
         (4, torch.Size([10, 1, 64, 64]))
     """
-    key = _normalise(name)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
-    return _REGISTRY[key](**kwargs)
+    return _REGISTRY.get(name)(**kwargs)
 
 
 def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = False) -> None:
@@ -73,16 +70,9 @@ def register_dataset(name: str, factory: DatasetFactory, *, overwrite: bool = Fa
         >>> len(get_dataset("tiny_mnist", seed=3))
         2
     """
-    key = _normalise(name)
-    if not key:
-        raise ValueError("dataset name must not be empty")
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    if key in _REGISTRY and not overwrite:
-        raise ValueError(
-            f"dataset {key!r} is already registered; pass overwrite=True to replace it"
-        )
-    _REGISTRY[key] = factory
+    _REGISTRY.register(name, factory, overwrite=overwrite)
 
 
 register_dataset("radar_archive", RadarArchiveDataset)
