@@ -124,12 +124,23 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         data_range=args.data_range,
         progress=sys.stderr.isatty(),
     )
-    model = results["forecasters"]["model"]
     print(
-        f"{results['dataset']['num_sequences']} sequences: MSE/frame "
-        f"{model['mse_frame']['overall']:.4g}, SSIM {model['ssim']['overall']:.4g}; "
-        f"report in {args.out}"
+        f"{results['dataset']['num_sequences']} sequences: {_scores(results)}; report in {args.out}"
     )
+
+
+def _scores(results: dict[str, Any]) -> str:
+    """The model's overall MSE per frame and SSIM, each where it was computed (SSIM is skipped
+    for frames smaller than its window; an undefined score is ``None``)."""
+    model = results["forecasters"]["model"]
+    parts = []
+    for key, label in (("mse_frame", "MSE/frame"), ("ssim", "SSIM")):
+        value = model.get(key, {}).get("overall")
+        if value is not None:
+            parts.append(f"{label} {value:.4g}")
+    if "ssim" not in model:
+        parts.append("SSIM skipped (frames smaller than its window)")
+    return ", ".join(parts) or "no overall scores"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
