@@ -437,3 +437,20 @@ def test_cli_evaluate_frames_smaller_than_ssims_window(
         forecast = model.eval()(torch.from_numpy(frames[:, :3, None]), 2).double()
     expected = (forecast - torch.from_numpy(frames[:, 3:, None]).double()).square()
     assert scores["mse_frame"]["overall"] == pytest.approx(float(expected.sum() / 6), rel=1e-5)
+
+
+def test_cli_evaluate_pysteps_baseline_without_the_nowcast_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pysteps", None)  # as without the nowcast extra
+    ckpt = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    argv = ["--checkpoint", ckpt, "--data", "moving_mnist", "--out", str(tmp_path / "r")]
+    assert _cli([*argv, "--baselines", "persistence,optical_flow"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("convlstm evaluate: error: --baselines optical_flow: ")
+        and err.count("\n") == 1
+    ), err
+    assert "convlstm[nowcast]" in err and not (tmp_path / "r").exists()

@@ -27,6 +27,7 @@ from convlstm.cli._args import (
     data_layout,
     frames_layout,
     non_negative_int,
+    one_line,
     parse_numbers,
     positive_float,
     positive_int,
@@ -85,7 +86,7 @@ def _file_layout(args: argparse.Namespace) -> str | None:
 
 
 def _evaluate_command(args: argparse.Namespace) -> None:
-    from convlstm.baselines import list_baselines
+    from convlstm.baselines import BaselineUnavailableError, get_baseline, list_baselines
     from convlstm.evaluation import evaluate_checkpoint
 
     thresholds = None if args.thresholds is None else parse_numbers(args.thresholds, "--thresholds")
@@ -95,6 +96,11 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         raise CliError(
             f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
         )
+    for name in baselines:  # before any work: a missing optional dependency as one line
+        try:
+            get_baseline(name)
+        except BaselineUnavailableError as error:
+            raise CliError(f"--baselines {name}: {one_line(error)}") from None
     check_targets([args.out], args.overwrite, "report")
     refuse_inputs({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
     device = cli_device(args.device)
