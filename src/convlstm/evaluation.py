@@ -404,7 +404,7 @@ def _value_settings(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
     data: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
@@ -419,8 +419,14 @@ def evaluate_checkpoint(
     num_gifs: int = 3,
     data_range: float | None = None,
     progress: bool = True,
+    pretrained: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a saved checkpoint on ``data`` and write a report folder to ``out_dir``.
+    """Evaluate a saved checkpoint (or a pretrained model) on ``data`` and write a report
+    folder to ``out_dir``.
+
+    The model comes from ``checkpoint`` (a ``convlstm train`` checkpoint) or ``pretrained`` (a
+    shipped name or a folder written by :func:`~convlstm.pretrained.save_pretrained`): exactly
+    one is given (:func:`~convlstm.pretrained.load_pretrained_or_checkpoint`).
 
     ``data`` is resolved by :func:`resolve_dataset`; the frames are checked against the model
     (:func:`check_fit`). Data of sigmoid models are taken to lie in [0, 1] (``data_range=1``,
@@ -431,22 +437,27 @@ def evaluate_checkpoint(
 
     Returns:
         the results written to ``out_dir/metrics.json``: those of :func:`evaluate`, plus
-        ``checkpoint`` (path, model), ``provenance`` (the command line, torch's version) and
+        ``checkpoint`` (the checkpoint's path or the pretrained name or folder, and the
+        model's name), ``provenance`` (the command line, torch's version) and
         ``config`` (the checkpoint's training configuration), which the report shows.
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false, or it is not a report
             folder (a training run, other files, a link: never replaced), before any work.
-        convlstm.checkpoint.CheckpointError: unreadable checkpoint.
-        ValueError: data that cannot be read or do not fit the model.
+        convlstm.checkpoint.CheckpointError: unreadable checkpoint or pretrained folder.
+        ValueError: neither or both of ``checkpoint`` and ``pretrained``; data that cannot be read or do not fit the model.
     """
-    from convlstm.checkpoint import load_model
+    from convlstm.pretrained import load_pretrained_or_checkpoint
 
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("give exactly one of checkpoint (a .pt file) and pretrained= (a name)")
     check_output(out_dir, "report", overwrite, "out_dir")
     check_parent(out_dir)  # before any work
     device = default_device(device)
     check_device(device, "device")
-    model, config = load_model(checkpoint, map_location=device)
+    model, config = load_pretrained_or_checkpoint(
+        checkpoint=checkpoint, pretrained=pretrained, map_location=device
+    )
     dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
     check_fit(model, dataset, str(data))
     data_range, clip = _value_settings(model, dataset, data_range)
@@ -466,7 +477,8 @@ def evaluate_checkpoint(
     units = value_units(dataset)
     if units is not None:
         results["dataset"]["units"] = units
-    results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
+    source = checkpoint if checkpoint is not None else pretrained
+    results["checkpoint"] = {"path": str(source), "model": config["model"]["name"]}
     from convlstm.report import command_line, json_safe
 
     results["provenance"] = {"command": command_line(), "torch version": torch.__version__}
