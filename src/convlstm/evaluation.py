@@ -38,6 +38,7 @@ from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datas
 from convlstm.devices import check_device, default_device, inference, model_device
 from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
 from convlstm.models import EncoderForecaster
+from convlstm.registry import normalise_name
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
     from convlstm.report import Sample
@@ -52,6 +53,7 @@ __all__ = [
     "evaluate_checkpoint",
     "resolve_dataset",
     "sample_indices",
+    "value_settings",
     "value_units",
 ]
 
@@ -250,10 +252,6 @@ _FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}  # option namin
 _RANGE_PROBE = 16  # sequences whose largest target sets data_range for unbounded models
 
 
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
 def _is_moving_mnist_file(path: Path) -> bool:
     """A 4-D ``uint8`` ``.npy``: the published Moving MNIST layout ``(T, N, H, W)``."""
     if path.suffix.lower() != ".npy":
@@ -274,7 +272,7 @@ def _file_dataset(
 ) -> Dataset:
     """A file's dataset: the training file's validation split as in training, the Moving MNIST
     layout, or the user's arrays read like the training arrays."""
-    trained = _normalise(cfg["name"])
+    trained = normalise_name(cfg["name"], "dataset")
     options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
     if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
         split = {"split": "val"} if trained == "array" else {}
@@ -324,7 +322,7 @@ def resolve_dataset(
     path = Path(data)
     if path.exists():
         return _file_dataset(path, cfg, input_len, output_len, layout)
-    name = _normalise(str(data))
+    name = normalise_name(str(data))
     if name in GENERATED_DATASETS:
         options: dict[str, Any] = {
             "num_samples": cfg.get("val_samples") or 256,
@@ -332,7 +330,7 @@ def resolve_dataset(
         }
         if name == "moving_mnist":
             options["digits"] = "val"
-        if name == _normalise(cfg["name"]):
+        if name == normalise_name(cfg["name"], "dataset"):
             options |= {**cfg.get("options", {}), **cfg.get("val_options", {})}
         if num_samples is not None:
             options["num_samples"] = num_samples
@@ -388,12 +386,28 @@ def value_units(dataset: Dataset) -> str | None:
     return None
 
 
-def _value_settings(
-    model: EncoderForecaster, dataset: Dataset, data_range: float | None
+def value_settings(
+    model: EncoderForecaster, dataset: Dataset, data_range: float | None = None
 ) -> tuple[float, tuple[float, float] | None]:
-    """``(data_range, clip)``: ``(1, (0, 1))`` for a sigmoid model (data in [0, 1]); for an
-    unbounded one no clipping and ``data_range`` given, else the largest target value of the
-    first sequences."""
+    """The SSIM/PSNR ``data_range`` and the clipping of predictions with which ``convlstm
+    evaluate`` (and :class:`convlstm.lightning.ForecastModule`'s test) score ``model`` on
+    ``dataset``, for :class:`~convlstm.metrics.ForecastMetrics`.
+
+    Args:
+        model: the model; its ``output_activation`` says the value range.
+        dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``; read only for an
+            unbounded model without ``data_range``.
+        data_range: the user's data range, or ``None`` for the default.
+
+    Returns:
+        ``(data_range, clip)``: for a sigmoid model (data in [0, 1]) ``data_range`` (default 1)
+        and ``(0, 1)``; for an unbounded one ``data_range`` (default the largest target value
+        of the first 16 sequences, 1 when that is not positive) and ``None`` (no clipping).
+
+    >>> model = EncoderForecaster(1, [4], 3, output_activation="identity")
+    >>> value_settings(model, [(torch.zeros(2, 1, 4, 4), torch.full((1, 1, 4, 4), 7.0))])
+    (7.0, None)
+    """
     if model.output_activation == "sigmoid":
         return (1.0 if data_range is None else data_range), DEFAULT_CLIP
     if data_range is None:
@@ -460,7 +474,7 @@ def evaluate_checkpoint(
     )
     dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
     check_fit(model, dataset, str(data))
-    data_range, clip = _value_settings(model, dataset, data_range)
+    data_range, clip = value_settings(model, dataset, data_range)
     results = evaluate(
         model,
         dataset,

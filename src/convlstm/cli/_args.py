@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from convlstm._outputs import check_output
 from convlstm.devices import pick_device
+from convlstm.registry import normalise_name
 
 __all__ = [
     "LAYOUT_CHOICES",
@@ -263,7 +264,7 @@ def frames_layout(
     (``trained`` is the checkpoint's ``data`` configuration)."""
     ndim = len(shape)
     if layout is None:
-        name = str(trained.get("name", "")).strip().lower().replace("-", "_")
+        name = normalise_name(str(trained.get("name", "")))
         options = {**trained.get("options", {}), **trained.get("val_options", {})}
         if name == "array":  # read like the training arrays
             layout = options.get("layout") if ndim == 4 else None

@@ -69,10 +69,8 @@ from convlstm.lightning.data import (
 )
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import resolve_precision
+from convlstm.training.losses import forecast_loss
 from convlstm.training.schedule import Schedule, teacher_forcing
-
-# the loss of convlstm train, shared so that the two cannot drift apart
-from convlstm.training.loop import _loss  # isort: skip
 
 __all__ = [
     "ArrayDataModule",
@@ -244,9 +242,9 @@ class ForecastModule(L.LightningModule):
             predict_inputs=bool(weight),
         )
         seen = inputs.shape[1] - 1
-        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        loss = forecast_loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
         if weight:
-            loss = loss + weight * _loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * forecast_loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
         self._loss_value = float(loss.detach())
         size = inputs.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)
@@ -336,7 +334,7 @@ class ForecastModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         from convlstm.baselines import get_baseline
-        from convlstm.evaluation import _value_settings
+        from convlstm.evaluation import value_settings
         from convlstm.metrics import ForecastMetrics
 
         if "model" in self.baselines:
@@ -348,7 +346,7 @@ class ForecastModule(L.LightningModule):
                 "refusing to replace it"
             )
         self._forecasters = {"model": None} | {b: get_baseline(b) for b in self.baselines}
-        data_range, clip = _value_settings(self.model, self._test_dataset(), self.data_range)
+        data_range, clip = value_settings(self.model, self._test_dataset(), self.data_range)
         self._data_range, self._clip = data_range, clip
         self._metrics = {}
         for name in self._forecasters:
