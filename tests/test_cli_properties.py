@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from convlstm.checkpoint import load_model
@@ -197,12 +197,16 @@ def _run(work: Path, command: str, tokens: list[str], capsys) -> None:
 
 @QUICK
 @given(tokens=command_lines("evaluate"))
+@example(
+    ["--pretrained", "pretrained", "--data", "moving_mnist", "--num-samples", "1", "--out", "NEW"]
+)
 def test_evaluate_command_lines(work: Path, capsys, tokens: list[str]) -> None:
     _run(work, "evaluate", tokens, capsys)
 
 
 @QUICK
 @given(tokens=command_lines("predict"))
+@example(["--input", "frames.npy", "--pretrained", "pretrained", "--out", "NEW"])
 def test_predict_command_lines(work: Path, capsys, tokens: list[str]) -> None:
     _run(work, "predict", tokens, capsys)
 
