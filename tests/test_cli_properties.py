@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from convlstm.checkpoint import load_model
 from convlstm.cli import main
+from convlstm.pretrained import save_pretrained
 from test_predict import tiny_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -37,9 +39,11 @@ counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The working folder: a checkpoint, input frames, a training run, user files and links."""
+    """The working folder: a checkpoint and its pretrained folder, input frames, a training run, user files and links."""
     root = tmp_path_factory.mktemp("work")
     checkpoint = tiny_checkpoint(root / "model.pt")
+    model, config = load_model(checkpoint)
+    save_pretrained(model, root / "pretrained", model_name="moving_mnist", data=config["data"])
     rng = np.random.default_rng(0)
     np.save(root / "frames.npy", rng.random((2, 3, 32, 32), dtype=np.float32))
     nan = rng.random((1, 3, 32, 32), dtype=np.float32)
@@ -78,7 +82,7 @@ def _path(work: Path, value: str, suffix: str) -> str:
     """``NEW`` (a fresh output name), an existing name in ``work``, or a literal value."""
     if value == "NEW":
         return str(work / "outputs" / f"new-{next(counter)}{suffix}")
-    if value in EXISTING or value in ("model.pt", "nan.npy", "mnist.npy"):
+    if value in EXISTING or value in ("model.pt", "nan.npy", "mnist.npy", "pretrained"):
         return str(work / value)
     return value
 
@@ -87,6 +91,7 @@ NUMBERS = ["1", "2", "0", "-1", "x", "", "1.5", "nan", "-0.5", "1e3"]
 OPTIONS = {
     "evaluate": {
         "--checkpoint": ["model.pt", "frames.npy", "missing.pt", "run"],
+        "--pretrained": ["pretrained", "mine", "missing", "frames.npy", "run"],
         "--data": ["moving_mnist", "frames.npy", "nan.npy", "mnist.npy", "nope", "run"],
         "--out": ["NEW", *EXISTING],
         "--num-samples": ["1", "2", "0", "x"],
@@ -101,6 +106,7 @@ OPTIONS = {
     },
     "predict": {
         "--checkpoint": ["model.pt", "frames.npy", "missing.pt"],
+        "--pretrained": ["pretrained", "mine", "missing", "model.pt"],
         "--input": ["frames.npy", "nan.npy", "mnist.npy", "model.pt", "missing.npy", "mine"],
         "--out": ["NEW", *EXISTING],
         "--png": ["NEW", "mine", "run", "link-mine"],
@@ -127,10 +133,13 @@ JUNK = ["--bogus", "stray", "a.b=1", "--layout"]
 @st.composite
 def command_lines(draw, command: str) -> list[str]:
     """Options of ``command`` (each list's first value is a good one, drawn half of the time
-    except for output paths; required options present most of the time), maybe ``--overwrite`` and a stray token, in a
+    except for output paths; required options, with --checkpoint or --pretrained, present most
+    of the time), maybe ``--overwrite`` and a stray token, in a
     drawn order."""
     options = OPTIONS[command]
-    required = ["--checkpoint", "--out", {"evaluate": "--data", "predict": "--input"}.get(command)]
+    sources = ["--checkpoint", "--pretrained"] if "--pretrained" in options else ["--checkpoint"]
+    required = [draw(st.sampled_from(sources)), "--out"]
+    required.append({"evaluate": "--data", "predict": "--input"}.get(command))
     chosen = [k for k in required if k and draw(st.integers(0, 9)) > 0]
     chosen += draw(st.lists(st.sampled_from(sorted(options)), max_size=3, unique=True))
     pairs = [
@@ -150,7 +159,15 @@ def _run(work: Path, command: str, tokens: list[str], capsys) -> None:
     argv, outputs = [command], []
     for i, token in enumerate(tokens):
         option = tokens[i - 1] if i else ""
-        if option in ("--checkpoint", "--data", "--input", "--out", "--png", "--gif"):
+        if option in (
+            "--checkpoint",
+            "--pretrained",
+            "--data",
+            "--input",
+            "--out",
+            "--png",
+            "--gif",
+        ):
             token = _path(work, token, SUFFIX.get(option, ""))
             if option in SUFFIX:
                 outputs.append(token)
@@ -180,12 +197,16 @@ def _run(work: Path, command: str, tokens: list[str], capsys) -> None:
 
 @QUICK
 @given(tokens=command_lines("evaluate"))
+@example(
+    ["--pretrained", "pretrained", "--data", "moving_mnist", "--num-samples", "1", "--out", "NEW"]
+)
 def test_evaluate_command_lines(work: Path, capsys, tokens: list[str]) -> None:
     _run(work, "evaluate", tokens, capsys)
 
 
 @QUICK
 @given(tokens=command_lines("predict"))
+@example(["--input", "frames.npy", "--pretrained", "pretrained", "--out", "NEW"])
 def test_predict_command_lines(work: Path, capsys, tokens: list[str]) -> None:
     _run(work, "predict", tokens, capsys)
 

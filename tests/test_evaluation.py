@@ -396,3 +396,61 @@ def test_radar_reports_state_their_units(tmp_path: Path) -> None:
         "the errors and event thresholds below are in these units." in summary
     ), summary
     assert "not mm/h" in (tmp_path / "r" / "summary.html").read_text()
+
+
+def test_cli_evaluate_frames_smaller_than_ssims_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4x4 frames: SSIM is skipped (left out of the results), the command reports the scores
+    that exist and writes the report instead of failing on the missing SSIM."""
+    from convlstm.checkpoint import make_checkpoint, save_checkpoint
+    from convlstm.config import config_from_dict, config_to_dict, validate_config
+    from convlstm.models import EncoderForecaster
+
+    config = validate_config(
+        config_from_dict(
+            {
+                "model": {"name": "moving_mnist", "hidden_channels": [4], "patch_size": 2},
+                "data": {"input_len": 3, "horizon": 2, "val_samples": 3},
+            }
+        )
+    )
+    torch.manual_seed(0)
+    model = EncoderForecaster(**config.model.options)
+    ckpt = save_checkpoint(
+        tmp_path / "tiny.pt", make_checkpoint(model, "moving_mnist", config_to_dict(config))
+    )
+    frames = np.random.default_rng(0).random((3, 5, 4, 4)).astype(np.float32)  # (N, T, H, W)
+    np.save(tmp_path / "frames.npy", frames)
+    argv = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "frames.npy"), "--layout"]
+    argv += ["NTHW", "--out", str(tmp_path / "r"), "--device", "cpu", "--gifs", "1"]
+    with pytest.warns(UserWarning, match="SSIM is left out"):
+        assert _cli(argv) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    scores = metrics["forecasters"]["model"]
+    assert "ssim" not in scores and scores["mse_frame"]["overall"] is not None
+    assert f"MSE/frame {scores['mse_frame']['overall']:.4g}" in out
+    assert "SSIM skipped" in out and out.count("\n") == 1
+    # the model's forecast, scored independently: MSE per frame summed over the 4x4 pixels
+    with torch.no_grad():
+        forecast = model.eval()(torch.from_numpy(frames[:, :3, None]), 2).double()
+    expected = (forecast - torch.from_numpy(frames[:, 3:, None]).double()).square()
+    assert scores["mse_frame"]["overall"] == pytest.approx(float(expected.sum() / 6), rel=1e-5)
+
+
+def test_cli_evaluate_pysteps_baseline_without_the_nowcast_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pysteps", None)  # as without the nowcast extra
+    ckpt = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    argv = ["--checkpoint", ckpt, "--data", "moving_mnist", "--out", str(tmp_path / "r")]
+    assert _cli([*argv, "--baselines", "persistence,optical_flow"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("convlstm evaluate: error: --baselines optical_flow: ")
+        and err.count("\n") == 1
+    ), err
+    assert "convlstm[nowcast]" in err and not (tmp_path / "r").exists()

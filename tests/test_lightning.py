@@ -4,6 +4,7 @@ CPU processes), checkpoints that load both ways."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -279,3 +280,55 @@ def _approx(got, expected) -> bool:
     if expected is None:
         return got is None
     return got is not None and got == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+def test_tensorboard_logger_gets_forecast_images_and_hparams(tmp_path: Path) -> None:
+    """With a TensorBoard logger (fast_dev_run disables loggers: one batch per epoch instead),
+    the image input | truth | forecast of the first validation sequences at each validation,
+    and the configuration as hyperparameters with the best and final validation scores."""
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from convlstm.training.tensorboard import forecast_grid
+
+    config = _config()
+    module, data = ForecastModule(config), MovingMNISTDataModule(config)
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    trainer = _trainer(
+        logger=logger, max_epochs=2, limit_train_batches=1, limit_val_batches=1, log_every_n_steps=1
+    )
+    trainer.fit(module, data)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("val/forecasts")
+    assert [image.step for image in images] == [1, 2]  # at each validation
+    # 4 of the 5 validation sequences, 32x32: 3 input | 2 truth | 2 forecast, 2-pixel gaps
+    assert (images[0].height, images[0].width) == (4 * 32 + 3 * 2, 7 * 32 + 2 * 2)
+    # the last image: the trained model's forecast of the first validation sequences
+    pairs = [data.val_dataloader().dataset[i] for i in range(4)]
+    inputs, truth = (torch.stack([torch.as_tensor(p[k]) for p in pairs]) for k in (0, 1))
+    with torch.no_grad():
+        expected = forecast_grid(inputs, truth, module.model.eval()(inputs, 2))
+    from PIL import Image
+
+    png = np.asarray(Image.open(io.BytesIO(images[-1].encoded_image_string)).convert("RGB"))
+    grid = expected.permute(1, 2, 0).numpy() * 255
+    assert np.abs(png.astype(np.float64) - grid).max() <= 1.0  # 8-bit quantisation
+    (best,) = events.Scalars("hparams/best_val_mse_frame")
+    (final,) = events.Scalars("hparams/final_val_mse_frame")
+    assert best.step == final.step == 2
+    assert best.value == pytest.approx(module.best_metric, rel=1e-6)
+    assert final.value == pytest.approx(trainer.callback_metrics["val_mse_frame"].item(), rel=1e-6)
+    hparams = events.PluginTagToContent("hparams")
+    assert any(b"optim.lr" in content for content in hparams.values()), hparams
+    assert any(b"hparams/final_val_mse_frame" in content for content in hparams.values())
+    # tensorboard=False: Lightning's own scalars only
+    quiet = TensorBoardLogger(str(tmp_path), name="quiet", version=0)
+    _trainer(logger=quiet, max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
+        ForecastModule(config, tensorboard=False), MovingMNISTDataModule(config)
+    )
+    events = EventAccumulator(quiet.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert not events.Tags()["images"] and "val_mse_frame" in events.Tags()["scalars"]
+    assert "hparams/best_val_mse_frame" not in events.Tags()["scalars"]

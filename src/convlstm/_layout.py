@@ -16,9 +16,10 @@ def to_channels_last(t: Tensor) -> Tensor:
     """``t`` ``(N, C, H, W)`` in the channels-last memory format (no copy if it already is).
 
     A one-channel tensor is both contiguous and channels-last, and convolutions then take the
-    standard layout: it gets channels-last strides (a view of the same memory). On a 2-core Xeon
-    without AMX, a 1-to-256-channel 3x3 convolution of 80 frames of 64x64 ran its forward pass
-    2.1x and its weight gradient 6x faster so, and its output stays channels-last.
+    standard layout: it gets channels-last strides (a view of the same memory). oneDNN's
+    channels-last kernels then run such a one-channel-input convolution's forward pass and
+    weight gradient faster (figures in ``benchmarks/README.md``), and its output stays
+    channels-last.
     """
     t = t.contiguous(memory_format=torch.channels_last)
     tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()  # exporters: no as_strided

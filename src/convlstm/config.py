@@ -141,11 +141,11 @@ class RunConfig:
     ``threads``: CPU threads for torch (0: torch's default, one per core). On a shared machine
     1 can be much faster: busy cores make OpenMP threads wait for each other at every operation.
     ``precision``: ``auto`` (bf16 autocast on GPUs that support it and on CPUs with AMX-BF16,
-    where it measured about 2x faster at the same accuracy; otherwise fp32), ``fp32`` or ``bf16``.
-    ``compile``: ``torch.compile`` the model. The first steps compile it (61 s for the default
-    model on a 2-core Xeon without AMX, a few seconds from inductor's on-disk cache), and each new
-    shape compiles again (the validation batches); its training step then took 84 against 105 ms.
-    Worth it for long runs, not for the default 14-minute budget.
+    where it measured faster at the same accuracy; otherwise fp32), ``fp32`` or ``bf16``.
+    ``compile``: ``torch.compile`` the model. The first steps compile it (about a minute on a
+    small CPU, seconds from inductor's on-disk cache), and each new shape compiles again (the
+    validation batches); the compiled step is then somewhat faster. Worth it for long runs, not
+    for the default 14-minute budget (figures in ``benchmarks/README.md``).
     ``channels_last``: the memory format of the 2-D layers during training, as
     :func:`convlstm.fast.settings` (``channels_last=``) takes it: ``none`` (default) lets the
     per-shape plan choose, ``true`` forces channels-last (the weights are stored so too),

@@ -38,6 +38,7 @@ from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datas
 from convlstm.devices import check_device, default_device, inference, model_device
 from convlstm.metrics import DEFAULT_CLIP
 from convlstm.models import EncoderForecaster
+from convlstm.registry import normalise_name
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
     from convlstm.report import Sample
@@ -52,6 +53,7 @@ __all__ = [
     "evaluate_checkpoint",
     "resolve_dataset",
     "sample_indices",
+    "value_settings",
     "value_units",
 ]
 
@@ -252,10 +254,6 @@ _FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}  # option namin
 _RANGE_PROBE = 16  # sequences whose largest target sets data_range for unbounded models
 
 
-def _normalise(name: str) -> str:
-    return name.strip().lower().replace("-", "_")
-
-
 def _is_moving_mnist_file(path: Path) -> bool:
     """A 4-D ``uint8`` ``.npy``: the published Moving MNIST layout ``(T, N, H, W)``."""
     if path.suffix.lower() != ".npy":
@@ -276,7 +274,7 @@ def _file_dataset(
 ) -> Dataset:
     """A file's dataset: the training file's validation split as in training, the Moving MNIST
     layout, or the user's arrays read like the training arrays."""
-    trained = _normalise(cfg["name"])
+    trained = normalise_name(cfg["name"], "dataset")
     options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
     if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
         split = {"split": "val"} if trained == "array" else {}
@@ -326,7 +324,7 @@ def resolve_dataset(
     path = Path(data)
     if path.exists():
         return _file_dataset(path, cfg, input_len, output_len, layout)
-    name = _normalise(str(data))
+    name = normalise_name(str(data))
     if name in GENERATED_DATASETS:
         options: dict[str, Any] = {
             "num_samples": cfg.get("val_samples") or 256,
@@ -334,7 +332,7 @@ def resolve_dataset(
         }
         if name == "moving_mnist":
             options["digits"] = "val"
-        if name == _normalise(cfg["name"]):
+        if name == normalise_name(cfg["name"], "dataset"):
             options |= {**cfg.get("options", {}), **cfg.get("val_options", {})}
         if num_samples is not None:
             options["num_samples"] = num_samples
@@ -390,12 +388,28 @@ def value_units(dataset: Dataset) -> str | None:
     return None
 
 
-def _value_settings(
-    model: EncoderForecaster, dataset: Dataset, data_range: float | None
+def value_settings(
+    model: EncoderForecaster, dataset: Dataset, data_range: float | None = None
 ) -> tuple[float, tuple[float, float] | None]:
-    """``(data_range, clip)``: ``(1, (0, 1))`` for a sigmoid model (data in [0, 1]); for an
-    unbounded one no clipping and ``data_range`` given, else the largest target value of the
-    first sequences."""
+    """The SSIM/PSNR ``data_range`` and the clipping of predictions with which ``convlstm
+    evaluate`` (and :class:`convlstm.lightning.ForecastModule`'s test) score ``model`` on
+    ``dataset``, for :class:`~convlstm.metrics.ForecastMetrics`.
+
+    Args:
+        model: the model; its ``output_activation`` says the value range.
+        dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``; read only for an
+            unbounded model without ``data_range``.
+        data_range: the user's data range, or ``None`` for the default.
+
+    Returns:
+        ``(data_range, clip)``: for a sigmoid model (data in [0, 1]) ``data_range`` (default 1)
+        and ``(0, 1)``; for an unbounded one ``data_range`` (default the largest target value
+        of the first 16 sequences, 1 when that is not positive) and ``None`` (no clipping).
+
+    >>> model = EncoderForecaster(1, [4], 3, output_activation="identity")
+    >>> value_settings(model, [(torch.zeros(2, 1, 4, 4), torch.full((1, 1, 4, 4), 7.0))])
+    (7.0, None)
+    """
     if model.output_activation == "sigmoid":
         return (1.0 if data_range is None else data_range), DEFAULT_CLIP
     if data_range is None:
@@ -406,7 +420,7 @@ def _value_settings(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
     data: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     *,
@@ -421,8 +435,14 @@ def evaluate_checkpoint(
     num_gifs: int = 3,
     data_range: float | None = None,
     progress: bool = True,
+    pretrained: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a saved checkpoint on ``data`` and write a report folder to ``out_dir``.
+    """Evaluate a saved checkpoint (or a pretrained model) on ``data`` and write a report
+    folder to ``out_dir``.
+
+    The model comes from ``checkpoint`` (a ``convlstm train`` checkpoint) or ``pretrained`` (a
+    shipped name or a folder written by :func:`~convlstm.pretrained.save_pretrained`): exactly
+    one is given (:func:`~convlstm.pretrained.load_pretrained_or_checkpoint`).
 
     ``data`` is resolved by :func:`resolve_dataset`; the frames are checked against the model
     (:func:`check_fit`). Data of sigmoid models are taken to lie in [0, 1] (``data_range=1``,
@@ -433,25 +453,30 @@ def evaluate_checkpoint(
 
     Returns:
         the results written to ``out_dir/metrics.json``: those of :func:`evaluate`, plus
-        ``checkpoint`` (path, model), ``provenance`` (the command line, torch's version) and
+        ``checkpoint`` (the checkpoint's path or the pretrained name or folder, and the
+        model's name), ``provenance`` (the command line, torch's version) and
         ``config`` (the checkpoint's training configuration), which the report shows.
 
     Raises:
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false, or it is not a report
             folder (a training run, other files, a link: never replaced), before any work.
-        convlstm.checkpoint.CheckpointError: unreadable checkpoint.
-        ValueError: data that cannot be read or do not fit the model.
+        convlstm.checkpoint.CheckpointError: unreadable checkpoint or pretrained folder.
+        ValueError: neither or both of ``checkpoint`` and ``pretrained``; data that cannot be read or do not fit the model.
     """
-    from convlstm.checkpoint import load_model
+    from convlstm.pretrained import load_pretrained_or_checkpoint
 
+    if (checkpoint is None) == (pretrained is None):
+        raise ValueError("give exactly one of checkpoint (a .pt file) and pretrained= (a name)")
     check_output(out_dir, "report", overwrite, "out_dir")
     check_parent(out_dir)  # before any work
     device = default_device(device)
     check_device(device, "device")
-    model, config = load_model(checkpoint, map_location=device)
+    model, config = load_pretrained_or_checkpoint(
+        checkpoint=checkpoint, pretrained=pretrained, map_location=device
+    )
     dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
     check_fit(model, dataset, str(data))
-    data_range, clip = _value_settings(model, dataset, data_range)
+    data_range, clip = value_settings(model, dataset, data_range)
     results = evaluate(
         model,
         dataset,
@@ -468,7 +493,8 @@ def evaluate_checkpoint(
     units = value_units(dataset)
     if units is not None:
         results["dataset"]["units"] = units
-    results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
+    source = checkpoint if checkpoint is not None else pretrained
+    results["checkpoint"] = {"path": str(source), "model": config["model"]["name"]}
     from convlstm.report import command_line, json_safe
 
     results["provenance"] = {"command": command_line(), "torch version": torch.__version__}

@@ -141,11 +141,9 @@ def compile_layer(module: nn.Module, *, cuda_graphs: bool | None = None, **optio
     arithmetic into one kernel (Triton on CUDA, C++ on CPU), and with ``cuda_graphs`` the whole
     loop, forward and backward, is replayed as CUDA graphs (``mode="reduce-overhead"``), which
     removes the per-kernel launch cost. Each new input shape compiles again. On CPU it pays where
-    the maps are small and the per-operation costs show: on a 2-core Xeon without AMX the
-    benchmark's ``main_job`` step (B=8, T=10, 64x8x8 in, hidden 32-32) ran 1.30-1.37x faster
-    than eager in two runs, at the speed of the bare convolutions, after about 40 s of
-    compiling; at ``w16`` and ``w64``, where the convolutions take the time, 0.88-1.02x
-    (``benchmarks/README.md``).
+    the maps are small and the per-operation costs show (the benchmark's ``main_job`` step then
+    runs at about the speed of its bare convolutions); where the convolutions take the time
+    (``w16``, ``w64``) it gains little or nothing. Figures in ``benchmarks/README.md``.
 
     Args:
         module: e.g. a :class:`~convlstm.layers.ConvLSTM2d`, on its final device.
@@ -174,9 +172,9 @@ def tune_cpu_allocator() -> bool:
     """Make glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system.
 
     Large CPU tensors (over 32 MB at most) are otherwise ``mmap``-ed and unmapped on every
-    allocation, and each page faults again when first written: on the 2-core virtual machine of
-    ``benchmarks/`` a convolution writing a fresh 335 MB output took 3-5× as long as with this
-    setting. Afterwards the process keeps its peak memory. Process-wide and permanent; call it
+    allocation, and each page faults again when first written, which can make a convolution
+    writing a fresh output of hundreds of MB take several times as long as with this setting
+    (figures in ``benchmarks/README.md``). Afterwards the process keeps its peak memory. Process-wide and permanent; call it
     once, at the start of a training or benchmark script. Returns False (and changes nothing)
     where ``mallopt`` is unavailable.
     """

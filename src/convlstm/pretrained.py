@@ -44,6 +44,7 @@ import torch
 from convlstm._atomic import atomic_dir
 from convlstm.checkpoint import CheckpointError, _check_fit, load_model
 from convlstm.models import EncoderForecaster, list_models
+from convlstm.registry import normalise_name
 
 __all__ = [
     "FORMAT_VERSION",
@@ -143,7 +144,7 @@ def _frames(model: EncoderForecaster, data: Mapping[str, Any] | None) -> dict[st
     frames["transform"] = options.get("transform")
     if "scale" in options:
         frames["scale"] = options["scale"]
-    name = str(data.get("name", "")).strip().lower().replace("-", "_")
+    name = normalise_name(str(data.get("name", "")))
     if name in _UNITS:
         from convlstm.data import get_dataset
         from convlstm.evaluation import value_units

@@ -21,12 +21,14 @@ from typing import Any, NoReturn
 
 from convlstm._outputs import check_output
 from convlstm.devices import pick_device
+from convlstm.registry import normalise_name
 
 __all__ = [
     "LAYOUT_CHOICES",
     "CliError",
     "OneLineParser",
     "add_layout",
+    "add_model_source",
     "add_overwrite",
     "array_header",
     "check_targets",
@@ -34,6 +36,7 @@ __all__ = [
     "data_layout",
     "frames_layout",
     "join_negative_values",
+    "load_model_source",
     "non_negative_int",
     "one_line",
     "parse_numbers",
@@ -186,6 +189,29 @@ def add_overwrite(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint CKPT`` or ``--pretrained NAME_OR_FOLDER``: exactly one (a one-line usage
+    error, exit 2, otherwise); see :func:`convlstm.pretrained.load_pretrained_or_checkpoint`."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="trained checkpoint (.pt)")
+    source.add_argument(
+        "--pretrained",
+        metavar="NAME_OR_FOLDER",
+        help="a model whose weights ship with convlstm (convlstm.pretrained.list_pretrained()) "
+        "or a folder written by save_pretrained/export_pretrained, instead of --checkpoint",
+    )
+
+
+def load_model_source(args: argparse.Namespace, device: str) -> tuple[Any, dict[str, Any]]:
+    """``(model, config)`` of ``--checkpoint`` or ``--pretrained`` on ``device``, the config in
+    the checkpoint's form (:func:`convlstm.pretrained.load_pretrained_or_checkpoint`)."""
+    from convlstm.pretrained import load_pretrained_or_checkpoint
+
+    return load_pretrained_or_checkpoint(
+        checkpoint=args.checkpoint, pretrained=args.pretrained, map_location=device
+    )
+
+
 # ---------------------------------------------------------------------------------- --layout
 
 # one vocabulary for predict and evaluate: the axes of a frames array, and evaluate's names
@@ -238,7 +264,7 @@ def frames_layout(
     (``trained`` is the checkpoint's ``data`` configuration)."""
     ndim = len(shape)
     if layout is None:
-        name = str(trained.get("name", "")).strip().lower().replace("-", "_")
+        name = normalise_name(str(trained.get("name", "")))
         options = {**trained.get("options", {}), **trained.get("val_options", {})}
         if name == "array":  # read like the training arrays
             layout = options.get("layout") if ndim == 4 else None

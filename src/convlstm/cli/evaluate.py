@@ -20,13 +20,16 @@ import numpy as np
 from convlstm.cli._args import (
     CliError,
     add_layout,
+    add_model_source,
     add_overwrite,
     array_header,
     check_targets,
     cli_device,
     data_layout,
     frames_layout,
+    load_model_source,
     non_negative_int,
+    one_line,
     parse_numbers,
     positive_float,
     positive_int,
@@ -69,23 +72,22 @@ def _file_layout(args: argparse.Namespace) -> str | None:
     shape, dtype = array_header(args.data)
     if len(shape) != 4:
         return None
-    from convlstm.checkpoint import load_checkpoint
     from convlstm.predict import infer_layout
 
-    checkpoint = load_checkpoint(args.checkpoint)
-    trained = checkpoint["config"].get("data", {})
+    model, config = load_model_source(args, "cpu")
+    trained = config.get("data", {})
     options = {**trained.get("options", {}), **trained.get("val_options", {})}
     source = options.get("source", options.get("path"))
     if isinstance(source, str) and os.path.exists(source) and os.path.samefile(source, args.data):
         return None  # the training file: its validation split, read as in training
     layout = frames_layout(None, args.data, shape, dtype, trained)
     if layout is None:
-        layout = infer_layout(shape, int(checkpoint["model_config"].get("in_channels", 1)))
+        layout = infer_layout(shape, model.in_channels)
     return data_layout(layout)
 
 
 def _evaluate_command(args: argparse.Namespace) -> None:
-    from convlstm.baselines import list_baselines
+    from convlstm.baselines import BaselineUnavailableError, get_baseline, list_baselines
     from convlstm.evaluation import evaluate_checkpoint
 
     thresholds = None if args.thresholds is None else parse_numbers(args.thresholds, "--thresholds")
@@ -95,8 +97,18 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         raise CliError(
             f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
         )
+    for name in baselines:  # before any work: a missing optional dependency as one line
+        try:
+            get_baseline(name)
+        except BaselineUnavailableError as error:
+            raise CliError(f"--baselines {name}: {one_line(error)}") from None
     check_targets([args.out], args.overwrite, "report")
-    refuse_inputs({"--out": args.out}, {"--data": args.data, "--checkpoint": args.checkpoint})
+    sources = {
+        "--data": args.data,
+        "--checkpoint": args.checkpoint,
+        "--pretrained": args.pretrained,
+    }
+    refuse_inputs({"--out": args.out}, sources)
     device = cli_device(args.device)
     try:
         bad = count_nonfinite(args.data)
@@ -123,13 +135,25 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         num_gifs=args.gifs,
         data_range=args.data_range,
         progress=sys.stderr.isatty(),
+        pretrained=args.pretrained,
     )
-    model = results["forecasters"]["model"]
     print(
-        f"{results['dataset']['num_sequences']} sequences: MSE/frame "
-        f"{model['mse_frame']['overall']:.4g}, SSIM {model['ssim']['overall']:.4g}; "
-        f"report in {args.out}"
+        f"{results['dataset']['num_sequences']} sequences: {_scores(results)}; report in {args.out}"
     )
+
+
+def _scores(results: dict[str, Any]) -> str:
+    """The model's overall MSE per frame and SSIM, each where it was computed (SSIM is skipped
+    for frames smaller than its window; an undefined score is ``None``)."""
+    model = results["forecasters"]["model"]
+    parts = []
+    for key, label in (("mse_frame", "MSE/frame"), ("ssim", "SSIM")):
+        value = model.get(key, {}).get("overall")
+        if value is not None:
+            parts.append(f"{label} {value:.4g}")
+    if "ssim" not in model:
+        parts.append("SSIM skipped (frames smaller than its window)")
+    return ", ".join(parts) or "no overall scores"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -138,16 +162,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "evaluate",
         help="score a checkpoint against baselines and write a report folder",
         description=(
-            "Evaluate CKPT on DATA against baselines; write DIR/ with metrics.json, summary.md, "
+            "Evaluate CKPT (or a pretrained model) on DATA against baselines; write DIR/ with metrics.json, summary.md, "
             "summary.html, per-lead-time curves and animated samples. DATA is a generated "
             "dataset (moving_mnist: validation digits; radar) or a file: a 4-D uint8 .npy is "
             "read as the published Moving MNIST layout (T, N, H, W), other arrays as your own "
             "(--layout, the same option as convlstm predict's)."
         ),
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
-    )
+    add_model_source(parser)
     parser.add_argument("--data", required=True, help="dataset name or file")
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder to create")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")

@@ -22,11 +22,13 @@ from convlstm._atomic import atomic_dir, atomic_write_bytes, check_parent
 from convlstm.cli._args import (
     CliError,
     add_layout,
+    add_model_source,
     add_overwrite,
     array_header,
     check_targets,
     cli_device,
     frames_layout,
+    load_model_source,
     positive_int,
     refuse_inputs,
     run_cli,
@@ -75,20 +77,18 @@ def _write_pngs(folder: str, forecast: np.ndarray, vmax: float, overwrite: bool)
 
 
 def _predict_command(args: argparse.Namespace) -> None:
-    from convlstm.checkpoint import load_model
-
     check_targets([args.out], args.overwrite, "forecast")
     check_targets([args.png], args.overwrite, "pngs", "--png")
     check_targets([args.gif], args.overwrite, "gif", "--gif")
     refuse_inputs(
         {"--out": args.out, "--png": args.png, "--gif": args.gif},
-        {"--input": args.input, "--checkpoint": args.checkpoint},
+        {"--input": args.input, "--checkpoint": args.checkpoint, "--pretrained": args.pretrained},
     )
     for target in (args.out, args.png, args.gif):
         if target is not None:
             check_parent(target)  # before any work
     device = cli_device(args.device)
-    model, config = load_model(args.checkpoint, map_location=device)
+    model, config = load_model_source(args, device)
     data = config.get("data", {})
     shape, dtype = array_header(args.input)
     layout = frames_layout(args.layout, args.input, shape, dtype, data) if shape else args.layout
@@ -126,13 +126,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Forecast the frames after INPUT (a .npy/.npz of (T,H,W), (T,C,H,W), (N,T,H,W), "
             "(T,N,H,W) or (N,T,C,H,W), or a folder of images sorted by name) with a trained "
-            "checkpoint, and write them in the input's layout and dtype (uint8 in, uint8 out). "
+            "checkpoint or a pretrained model, and write them in the input's layout and dtype (uint8 in, uint8 out). "
             "A 4-D array is read as convlstm evaluate reads it (see --layout)."
         ),
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="trained checkpoint (.pt)"
-    )
+    add_model_source(parser)
     parser.add_argument(
         "--input", required=True, metavar="FILE_OR_DIR", help=".npy/.npz file or image folder"
     )

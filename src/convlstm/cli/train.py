@@ -34,6 +34,7 @@ import torch
 from convlstm.checkpoint import CheckpointError
 from convlstm.cli._args import one_line
 from convlstm.config import Config, ConfigError, load_config
+from convlstm.registry import normalise_name
 
 __all__ = ["add_parser", "bundled_configs", "resolve_config"]
 
@@ -99,7 +100,7 @@ def _default_out(config: Config) -> Path:
 
 
 def _report_data(config: Config) -> str:
-    name = config.data.name.strip().lower().replace("-", "_")
+    name = normalise_name(config.data.name, "dataset")
     option = _FILE_OPTIONS.get(name)
     if option is None:
         return name

@@ -10,7 +10,12 @@ trainer's planned steps, the configured loss (with the input-frame loss and sche
 gradient clipping at ``optim.grad_clip`` and the ``run.nonfinite`` policy. It logs
 ``train_loss``, ``lr``, ``teacher_forcing`` and the validation MSE per frame ``val_mse_frame``
 (summed over the ranks, every sequence counted once), to TensorBoard when it is installed
-(Lightning's default logger). ``Trainer.test`` scores the model and the baselines with
+(Lightning's default logger). With a TensorBoard logger it also adds, as ``convlstm train
+run.tensorboard=true`` does (:mod:`convlstm.training.tensorboard`), at each validation the image
+``val/forecasts`` (input | truth | forecast of the first validation sequences) and the
+configuration as hyperparameters scored by ``hparams/best_val_mse_frame`` and
+``hparams/final_val_mse_frame`` (recorded when fitting starts, before Lightning's own record,
+which TensorBoard then ignores; the scores when it ends); ``tensorboard=False`` leaves them out. ``Trainer.test`` scores the model and the baselines with
 :class:`~convlstm.metrics.ForecastMetrics` like ``convlstm evaluate`` (float32, same data range
 and clipping), aggregated over processes; the full results are in
 :attr:`ForecastModule.test_results` and, with ``report_dir``, in a report folder.
@@ -69,10 +74,14 @@ from convlstm.lightning.data import (
 )
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import resolve_precision
+from convlstm.training.losses import forecast_loss
 from convlstm.training.schedule import Schedule, teacher_forcing
-
-# the loss of convlstm train, shared so that the two cannot drift apart
-from convlstm.training.loop import _loss  # isort: skip
+from convlstm.training.tensorboard import (
+    FORECAST_SEQUENCES,
+    declare_hparams,
+    flat_hparams,
+    log_forecasts,
+)
 
 __all__ = [
     "ArrayDataModule",
@@ -84,6 +93,8 @@ __all__ = [
 ]
 
 _PRECISIONS = {"bf16": "bf16-mixed", "fp32": "32-true"}
+# the scores of the hyperparameters in TensorBoard, as convlstm train names them
+_HPARAM_SCORES = ("hparams/best_val_mse_frame", "hparams/final_val_mse_frame")
 
 
 def trainer_options(config: Config | Mapping[str, Any]) -> dict[str, Any]:
@@ -132,6 +143,9 @@ class ForecastModule(L.LightningModule):
             (``metrics.json``, ``summary.html``, curves, animations) there, replacing an
             earlier report (any other existing path is an error).
         num_gifs: test sequences animated in the report.
+        tensorboard: with a TensorBoard logger (its ``experiment`` a ``SummaryWriter``), log the
+            forecast image at each validation and the hyperparameters with the final scores
+            (rank 0); scalars go through ``self.log`` either way.
 
     Shapes: ``forward(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``; batches
     are ``(inputs, targets (B, horizon, C, H, W))``.
@@ -146,6 +160,7 @@ class ForecastModule(L.LightningModule):
         data_range: float | None = None,
         report_dir: str | os.PathLike[str] | None = None,
         num_gifs: int = 3,
+        tensorboard: bool = True,
     ) -> None:
         super().__init__()
         self.config = _as_config(config)
@@ -158,6 +173,7 @@ class ForecastModule(L.LightningModule):
         if num_gifs < 0:
             raise ValueError(f"num_gifs must be >= 0, got {num_gifs}")
         self.num_gifs = num_gifs
+        self.tensorboard = bool(tensorboard)
         self.save_hyperparameters(
             {
                 "config": config_to_dict(self.config),
@@ -166,6 +182,7 @@ class ForecastModule(L.LightningModule):
                 "data_range": self.data_range,
                 "report_dir": self.report_dir,
                 "num_gifs": num_gifs,
+                "tensorboard": self.tensorboard,
             }
         )
         with torch.random.fork_rng(devices=[]):  # the weights of `convlstm train` with run.seed
@@ -178,6 +195,8 @@ class ForecastModule(L.LightningModule):
         self.test_results: dict[str, Any] | None = None
         self._loss_value = math.nan
         self._val_sums = torch.zeros(2, dtype=torch.float64)
+        self._last_val: float | None = None
+        self._board: tuple[Tensor, Tensor] | None = None  # the fixed validation sequences
         self._epoch_start = time.perf_counter()
 
     @classmethod
@@ -244,9 +263,9 @@ class ForecastModule(L.LightningModule):
             predict_inputs=bool(weight),
         )
         seen = inputs.shape[1] - 1
-        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        loss = forecast_loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
         if weight:
-            loss = loss + weight * _loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * forecast_loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
         self._loss_value = float(loss.detach())
         size = inputs.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)
@@ -320,8 +339,67 @@ class ForecastModule(L.LightningModule):
             return
         if math.isfinite(value) and (self.best_metric is None or value < self.best_metric):
             self.best_metric = value
+        self._last_val = value
         # every rank holds the same value: the mean over ranks just keeps Lightning content
         self.log("val_mse_frame", value, sync_dist=True)
+        writer = self._writer()
+        sequences = None if writer is None else self._board_sequences()
+        if writer is not None and sequences is not None:
+            inputs, truth = sequences
+            with torch.no_grad():
+                forecast = self.model(inputs.to(self.device), truth.shape[1])
+            log_forecasts(writer, "val/forecasts", inputs, truth, forecast, self.global_step)
+
+    # -- TensorBoard: the forecast image and the hyperparameters, as convlstm train logs them
+
+    def _writer(self) -> Any | None:
+        """The ``SummaryWriter`` of the trainer's first TensorBoard logger on rank 0, or
+        ``None`` (other ranks, ``tensorboard=False``, no such logger)."""
+        if not self.tensorboard or not self.trainer.is_global_zero:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # no tensorboard package: Lightning logs elsewhere
+            return None
+        for logger in self.trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if isinstance(experiment, SummaryWriter):
+                return experiment
+        return None
+
+    def _board_sequences(self) -> tuple[Tensor, Tensor] | None:
+        """Inputs ``(N, T_in, C, H, W)`` and truth ``(N, T_out, C, H, W)`` of the first
+        :data:`~convlstm.training.tensorboard.FORECAST_SEQUENCES` validation sequences, read
+        once (the same sequences at every validation); ``None`` without validation data."""
+        if self._board is None:
+            loaders = self.trainer.val_dataloaders
+            loader = loaders[0] if isinstance(loaders, list | tuple) and loaders else loaders
+            dataset = getattr(loader, "dataset", None)
+            if dataset is None or len(dataset) == 0:
+                return None
+            pairs = [dataset[i] for i in range(min(FORECAST_SEQUENCES, len(dataset)))]
+            inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs]).float()
+            self._board = inputs, torch.stack([torch.as_tensor(y) for _, y in pairs]).float()
+        return self._board
+
+    def setup(self, stage: str) -> None:
+        """Before fitting: record the configuration as hyperparameters scored by the best and
+        the final validation MSE per frame (TensorBoard, rank 0), ahead of Lightning's record."""
+        writer = self._writer() if stage == "fit" else None
+        if writer is not None:
+            declare_hparams(writer, flat_hparams(config_to_dict(self.config)), _HPARAM_SCORES)
+
+    def on_fit_end(self) -> None:
+        """The scores of the hyperparameters: the best and the final validation MSE per frame,
+        where defined, at the last step (TensorBoard, rank 0)."""
+        writer = self._writer()
+        if writer is None:
+            return
+        best, final = _HPARAM_SCORES
+        for tag, value in ((best, self.best_metric), (final, self._last_val)):
+            if value is not None and math.isfinite(value):
+                writer.add_scalar(tag, value, self.global_step)
+        writer.flush()
 
     # -- test: convlstm evaluate's metrics and baselines
 
@@ -336,7 +414,7 @@ class ForecastModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         from convlstm.baselines import get_baseline
-        from convlstm.evaluation import _value_settings
+        from convlstm.evaluation import value_settings
         from convlstm.metrics import ForecastMetrics
 
         if "model" in self.baselines:
@@ -348,7 +426,7 @@ class ForecastModule(L.LightningModule):
                 "refusing to replace it"
             )
         self._forecasters = {"model": None} | {b: get_baseline(b) for b in self.baselines}
-        data_range, clip = _value_settings(self.model, self._test_dataset(), self.data_range)
+        data_range, clip = value_settings(self.model, self._test_dataset(), self.data_range)
         self._data_range, self._clip = data_range, clip
         self._metrics = {}
         for name in self._forecasters:

@@ -9,6 +9,7 @@ order a run meets them:
 ``rundir``         the run folder: ``--resume`` / ``--overwrite`` rules, leftovers, metrics log
 ``datasets``       the training data of each epoch and the validation data (:func:`build_datasets`)
 ``loop``           the trainer: the step, the epoch, validation, checkpoints at each epoch's end
+``losses``         the training loss ``optim.loss`` (:func:`~convlstm.training.losses.forecast_loss`)
 ``schedule``       the learning-rate schedule (:func:`lr_factor`) and scheduled sampling
 ``budget``         the wall-clock budget: the number of steps the time left affords
 ``state``          the trainer's bookkeeping and the training checkpoints that carry it

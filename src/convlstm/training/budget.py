@@ -176,9 +176,9 @@ def probe_report(
 ) -> float:
     """Seconds the final report will take: score one batch of validation sequences the way
     :func:`convlstm.evaluation.evaluate` does (the model in float32 and the baselines, SSIM
-    and all), scaled to ``eval_samples``, plus :data:`REPORT_FILES_S`. On a 2-core CPU the report
-    of the default job took 53 s where a validation's speed promised 8, and a single cold batch
-    about 120. Torch's random state is left as it was."""
+    and all), scaled to ``eval_samples``, plus :data:`REPORT_FILES_S`: a validation's speed
+    (the model alone, maybe in bf16) promises far less than the report takes, and a single cold
+    batch far more. Torch's random state is left as it was."""
     from convlstm import evaluation
 
     count = min(batch_size, len(val_set))  # type: ignore[arg-type]

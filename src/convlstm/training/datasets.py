@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from convlstm.config import Config, ConfigError
+from convlstm.registry import normalise_name
 
 __all__ = ["batches", "build_datasets", "epoch_seed", "is_generated"]
 
@@ -40,7 +41,7 @@ def is_generated(dataset: Dataset[Any]) -> bool:
 
 def _split_options(config: Config, split: str) -> dict[str, Any]:
     data = config.data
-    defaults = _SPLITS.get(data.name.strip().lower().replace("-", "_"), ({}, {}))
+    defaults = _SPLITS.get(normalise_name(data.name, "dataset"), ({}, {}))
     index, extra = (0, data.train_options) if split == "train" else (1, data.val_options)
     return {
         **defaults[index],

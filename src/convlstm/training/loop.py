@@ -23,7 +23,6 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -35,6 +34,7 @@ from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import budget as _budget
 from convlstm.training import progress, rundir
 from convlstm.training.datasets import batches, build_datasets, is_generated
+from convlstm.training.losses import forecast_loss
 from convlstm.training.precision import autocast, resolve_precision
 from convlstm.training.schedule import Schedule, teacher_forcing
 from convlstm.training.signals import Signals, TrainingInterrupted
@@ -75,16 +75,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002 (third-party code may use the global generator)
     torch.manual_seed(seed)
-
-
-def _loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
-    """The training loss ``optim.loss`` (``mse``, ``mse+l1`` or ``bce``), in float32."""
-    pred = pred.float()
-    if kind == "bce":  # written out so that NaN propagates to the non-finite policy
-        p = pred.clamp(1e-6, 1 - 1e-6)
-        return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
-    loss = F.mse_loss(pred, target)
-    return loss + F.l1_loss(pred, target) if kind == "mse+l1" else loss
 
 
 class Trainer:
@@ -325,9 +315,9 @@ class Trainer:
                 predict_inputs=bool(weight),
             )
         seen = inputs.shape[1] - 1
-        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        loss = forecast_loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
         if weight:
-            loss = loss + weight * _loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * forecast_loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.optim.grad_clip or math.inf

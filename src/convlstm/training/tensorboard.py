@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ __all__ = [
     "FORECAST_SEQUENCES",
     "TrainingBoard",
     "available",
+    "declare_hparams",
     "flat_hparams",
     "forecast_grid",
     "log_forecasts",
@@ -153,6 +154,21 @@ def flat_hparams(
     return flat
 
 
+def declare_hparams(
+    writer: Any, hparams: Mapping[str, bool | int | float | str], metric_names: Iterable[str]
+) -> None:
+    """Record ``hparams`` and the names of the scalars that score them in the writer's own event
+    file (unlike ``SummaryWriter.add_hparams``, which starts another run folder). TensorBoard's
+    HParams dashboard shows each metric's latest scalar value, and keeps the first record of a
+    run: declare before any other code records hyperparameters (Lightning's logger does at the
+    start of fitting), add the scores when they are known."""
+    from torch.utils.tensorboard.summary import hparams as summary
+
+    experiment, start, end = summary(dict(hparams), dict.fromkeys(metric_names, 0.0))
+    for record in (experiment, start, end):
+        writer.file_writer.add_summary(record)
+
+
 def log_hparams(
     writer: Any,
     hparams: Mapping[str, bool | int | float | str],
@@ -160,13 +176,8 @@ def log_hparams(
     step: int | None = None,
 ) -> None:
     """Record ``hparams`` with the run's final ``metrics`` (as scalars at ``step``) in the
-    writer's own event file (unlike ``SummaryWriter.add_hparams``, which starts another run
-    folder)."""
-    from torch.utils.tensorboard.summary import hparams as summary
-
-    experiment, start, end = summary(dict(hparams), dict(metrics))
-    for record in (experiment, start, end):
-        writer.file_writer.add_summary(record)
+    writer's own event file (:func:`declare_hparams`, then the scalars)."""
+    declare_hparams(writer, hparams, metrics)
     for name, value in metrics.items():
         writer.add_scalar(name, value, step)
 
