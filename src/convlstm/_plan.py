@@ -55,8 +55,8 @@ class Plan:
         channels_last: run the 2-D convolutions and states in the channels-last memory format.
         input_conv: ``"batched"``: one input convolution of the whole sequence; ``"joint"``: one
             convolution of ``[x_t, h]`` with ``[W_ih, W_hh]`` per step; ``"per_step"``: the input
-            convolution of each step inside that step's checkpoint; ``"once"``: a single frame
-            fed at every step, convolved once.
+            convolution inside the checkpoint of each chunk of about ``sqrt(T)`` steps
+            (``checkpoint_steps``); ``"once"``: a single frame fed at every step, convolved once.
         fused: the whole layer as one autograd node (:mod:`convlstm._recurrence`), which then
             runs the batched input convolution itself.
     """

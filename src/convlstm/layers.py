@@ -7,6 +7,7 @@ state spatial size (equal to ``*S`` with the default "same" padding and stride 1
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any, cast
@@ -68,8 +69,10 @@ class ConvLSTM(nn.Module):
             odd kernels, no ``lengths``), it keeps only the output ``h`` and the ``c`` where
             each chunk of about ``sqrt(T)`` steps begins, and reruns a chunk at a time (its
             input convolution in one call): about one state-sized tensor per step instead of
-            five. Otherwise each step is a :func:`torch.utils.checkpoint.checkpoint` that keeps
-            its input state and output: about three per step.
+            five. Otherwise (e.g. with ``norm``) each chunk of about ``sqrt(T)`` steps is one
+            :func:`torch.utils.checkpoint.checkpoint` (its input convolution in one call) that
+            keeps its first state and its outputs: about one per step, and one replay of the
+            checkpoint machinery per chunk rather than per step.
 
     Inputs: ``input, state=None, *, steps=None, lengths=None``
         - ``input``: a sequence ``(B, T, C_in, *S)`` (``(T, B, C_in, *S)`` if not ``batch_first``),
@@ -380,7 +383,7 @@ class ConvLSTM(nn.Module):
             if not repeated:
                 x = x[torch.arange(batch, device=x.device)[:, None], order]
         # One input convolution for the whole sequence, or one per step (joint with the
-        # recurrent convolution, or inside a checkpoint to keep no gate tensor for backward).
+        # recurrent convolution), or one per chunk inside its checkpoint (no gate tensor kept).
         per_step = plan.input_conv in ("joint", "per_step")
         if plan.input_conv == "once":
             frames = to_channels_last(x) if channels_last else x
@@ -392,34 +395,27 @@ class ConvLSTM(nn.Module):
             gates = cell.input_conv(to_channels_last(frames) if channels_last else frames)
             gates = gates.view(batch, steps, *gates.shape[1:])
         joint_weight = cell.joint_weight() if plan.input_conv == "joint" else None
+        outputs: list[Tensor] = []
+        if checkpointed:
+            # One checkpoint per chunk of about sqrt(T) steps, each chunk's input convolution
+            # in one call inside it: it keeps each chunk's first state and the outputs.
+            sources = gates[:, 0] if repeated else frames
+            outputs, state = _run_checkpointed(
+                cell, list(times), sources, not repeated, channels_last, state, h_mask, valid
+            )
+            times = range(0)
         # unbind, not indexing per step: the backward of T selects would build T full-size
         # zero tensors, that of one unbind stacks the T gradients once.
-        inputs = (frames if per_step else gates).unbind(1)
-        spatial = (1,) * self.spatial_dims
-        outputs = []
+        inputs = (frames if per_step else gates).unbind(1) if times else ()
         for t in times:
-            if checkpointed:
-                h, c = checkpoint(
-                    _checkpointed_step, cell, inputs[t], not repeated, state, h_mask,
-                    use_reentrant=False,
-                )  # fmt: skip
-            elif joint_weight is None:
+            if joint_weight is None:
                 h, c = cell.step(inputs[t], state, h_mask)
             elif state is None:
                 h, c = cell.step(cell.input_conv(inputs[t]), None)
             else:
                 h, c = cell.joint_step(inputs[t], state, joint_weight, h_mask)
-            if valid is not None:
-                keep = valid[:, t].view(batch, 1, *spatial)
-                if state is not None:
-                    h_keep, c_keep = torch.where(keep, h, state[0]), torch.where(keep, c, state[1])
-                else:
-                    h_keep, c_keep = h * keep, c * keep
-                outputs.append(h * keep)
-                state = (h_keep, c_keep)
-            else:
-                outputs.append(h)
-                state = (h, c)
+            output, state = _advance(h, c, state, None if valid is None else valid[:, t])
+            outputs.append(output)
         if reverse and valid is None:
             outputs.reverse()
         out = _stack_steps(outputs, channels_last)
@@ -491,16 +487,86 @@ def _run_fused_loop(
     return out, (out[:, 0 if run.reverse else -1], c_last)
 
 
-def _checkpointed_step(
+def _run_checkpointed(
     cell: ConvLSTMCell,
-    step_input: Tensor,
-    is_frame: bool,
+    times: list[int],
+    sources: Tensor,
+    is_frames: bool,
+    channels_last: bool,
     state: State | None,
     h_mask: Tensor | None,
-) -> State:
-    """One step from the frame ``(B, C_in, *S)`` (``is_frame``) or its input convolution."""
-    gates = cell.input_conv(step_input) if is_frame else step_input
-    return cell.step(gates, state, h_mask)
+    valid: Tensor | None,
+) -> tuple[list[Tensor], State]:
+    """The steps ``times`` (in run order) as checkpoints of about ``sqrt(T)`` steps each.
+
+    ``sources`` are the frames ``(B, T, C_in, *S)`` (``is_frames``) or, for one frame fed at every
+    step, its input convolution ``(B, 4*C_h, *S')``. Returns the output ``h`` of each step, in run
+    order, and the last state. Per chunk, backward keeps its first state and its outputs, and
+    reruns the chunk (one input convolution for its frames) -- one checkpoint per chunk rather
+    than per step: fewer replays of the checkpoint machinery and a batched convolution.
+    """
+    size = math.isqrt(len(times) - 1) + 1
+    outputs: list[Tensor] = []
+    for start in range(0, len(times), size):
+        group = times[start : start + size]
+        lo, hi = min(group), max(group) + 1
+        source = sources[:, lo:hi] if is_frames else sources
+        mask = None if valid is None else valid[:, lo:hi]
+        h0, c0 = (None, None) if state is None else state
+        result = checkpoint(
+            _checkpointed_chunk, cell, [t - lo for t in group], source, is_frames, channels_last,
+            h0, c0, h_mask, mask, use_reentrant=False,
+        )  # fmt: skip
+        outputs.extend(result[:-2])
+        state = (result[-2], result[-1])
+    assert state is not None
+    return outputs, state
+
+
+def _checkpointed_chunk(
+    cell: ConvLSTMCell,
+    times: list[int],
+    source: Tensor,
+    is_frames: bool,
+    channels_last: bool,
+    h: Tensor | None,
+    c: Tensor | None,
+    h_mask: Tensor | None,
+    valid: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """Steps ``times`` (indices into the chunk, in run order) from ``(h, c)`` (``None`` for
+    zeros): ``source`` the chunk's frames ``(B, k, C_in, *S)`` (``is_frames``) or the input
+    convolution fed at every step; ``valid`` ``(B, k)`` or ``None``. Returns each step's output
+    ``h`` (zero past a sequence's end), then the final ``(h, c)``."""
+    if is_frames:
+        batch, count = source.shape[:2]
+        rows = source.reshape(batch * count, *source.shape[2:])
+        gates = cell.input_conv(to_channels_last(rows) if channels_last else rows)
+        inputs = gates.view(batch, count, *gates.shape[1:]).unbind(1)
+    else:
+        inputs = (source,) * (max(times) + 1)
+    state = None if h is None or c is None else (h, c)
+    outputs = []
+    for t in times:
+        h_new, c_new = cell.step(inputs[t], state, h_mask)
+        output, state = _advance(h_new, c_new, state, None if valid is None else valid[:, t])
+        outputs.append(output)
+    assert state is not None
+    return (*outputs, *state)
+
+
+def _advance(
+    h: Tensor, c: Tensor, state: State | None, keep: Tensor | None
+) -> tuple[Tensor, State]:
+    """A step's output and the state after it, from its ``(h, c)``, the state before it
+    (``None`` for zeros) and ``keep`` ``(B,)``, whether the step lies within each sequence
+    (``None``: all do); past a sequence's end the output is zero and the state unchanged."""
+    if keep is None:
+        return h, (h, c)
+    keep = keep.view(-1, *(1,) * (h.dim() - 1))
+    if state is None:
+        return h * keep, (h * keep, c * keep)
+    return h * keep, (torch.where(keep, h, state[0]), torch.where(keep, c, state[1]))
 
 
 class ConvLSTM1d(ConvLSTM):
