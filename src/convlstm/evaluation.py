@@ -38,6 +38,7 @@ from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datas
 from convlstm.devices import check_device, default_device, inference, model_device
 from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
 from convlstm.models import EncoderForecaster
+from convlstm.units import HKO_THRESHOLDS, RAIN_UNITS, PhysicalUnits, untransformed
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
     from convlstm.report import Sample
@@ -389,12 +390,12 @@ def value_units(dataset: Dataset) -> str | None:
 
 
 def _value_settings(
-    model: EncoderForecaster, dataset: Dataset, data_range: float | None
+    model: EncoderForecaster, dataset: Dataset, data_range: float | None, rain: bool = False
 ) -> tuple[float, tuple[float, float] | None]:
-    """``(data_range, clip)``: ``(1, (0, 1))`` for a sigmoid model (data in [0, 1]); for an
-    unbounded one no clipping and ``data_range`` given, else the largest target value of the
-    first sequences."""
-    if model.output_activation == "sigmoid":
+    """``(data_range, clip)``: ``(1, (0, 1))`` for a sigmoid model (data in [0, 1]) unless
+    scored in mm/h (``rain``); for an unbounded one no clipping and ``data_range`` given, else
+    the largest target value of the first sequences."""
+    if model.output_activation == "sigmoid" and not rain:
         return (1.0 if data_range is None else data_range), DEFAULT_CLIP
     if data_range is None:
         count = min(len(dataset), _RANGE_PROBE)  # type: ignore[arg-type]
@@ -415,7 +416,7 @@ def evaluate_checkpoint(
     thresholds: Sequence[float] | None = None,
     horizon: int | None = None,
     layout: str | None = None,
-    baselines: Sequence[str] = ("persistence", "zeros"),
+    baselines: Sequence[str] | None = None,
     num_gifs: int = 3,
     data_range: float | None = None,
     progress: bool = True,
@@ -428,6 +429,16 @@ def evaluate_checkpoint(
     ``data_range`` defaults to the largest target value among the first 16 sequences.
     ``num_gifs`` sequences, spread over the data, are animated. Other arguments are those of
     :func:`evaluate` and :func:`~convlstm.report.write_report`.
+
+    **Rain in mm/h.** A checkpoint that carries its rain data transform (``data_transform``,
+    written by training on rain data; see :mod:`convlstm.units`) is evaluated in physical
+    units: the data are read in mm/h (without the training transform), the model is wrapped
+    in :class:`~convlstm.units.PhysicalUnits` (mm/h in, mm/h out), predictions are not
+    clipped, ``thresholds`` are in mm/h and default to :data:`~convlstm.units.HKO_THRESHOLDS`
+    (0.5, 2, 5, 10, 30), and the baselines run on the same mm/h inputs (so ``zeros`` is no
+    rain). ``baselines=None`` (default) means :func:`~convlstm.baselines.default_baselines`:
+    persistence and zeros, plus pysteps' optical flow and S-PROG for rain data where pysteps
+    is installed; each is described with its settings in ``results["baselines"]``.
 
     Returns:
         the results written to ``out_dir/metrics.json``: those of :func:`evaluate`, plus
@@ -446,10 +457,21 @@ def evaluate_checkpoint(
     check_parent(out_dir)  # before any work
     device = default_device(device)
     check_device(device, "device")
-    model, config = load_model(checkpoint, map_location=device)
-    dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
+    model, config = load_model(checkpoint, map_location=device, physical_units=True)
+    transform = model.transform if isinstance(model, PhysicalUnits) else None
+    data_config = config if transform is None else untransformed(config)
+    dataset = resolve_dataset(
+        data, data_config, num_samples=num_samples, horizon=horizon, layout=layout
+    )
     check_fit(model, dataset, str(data))
-    data_range, clip = _value_settings(model, dataset, data_range)
+    # rain: scored in mm/h, unclipped, HKO-7 thresholds, the field's baselines
+    data_range, clip = _value_settings(model, dataset, data_range, rain=transform is not None)
+    if transform is not None and thresholds is None:
+        thresholds = HKO_THRESHOLDS
+    from convlstm.baselines import default_baselines, describe_baseline
+
+    if baselines is None:
+        baselines = default_baselines(rain=transform is not None)
     results = evaluate(
         model,
         dataset,
@@ -463,9 +485,13 @@ def evaluate_checkpoint(
         clip=clip,
     )
     results["dataset"]["name"] = str(data)
-    units = value_units(dataset)
+    units = "rain rate in mm/h" if transform is not None else value_units(dataset)
     if units is not None:
         results["dataset"]["units"] = units
+    if transform is not None:
+        results["settings"]["units"] = RAIN_UNITS
+        results["settings"]["model_transform"] = transform.to_dict()
+    results["baselines"] = {name: describe_baseline(name) for name in baselines}
     results["checkpoint"] = {"path": str(checkpoint), "model": config["model"]["name"]}
     from convlstm.report import command_line, json_safe
 

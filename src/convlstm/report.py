@@ -185,7 +185,9 @@ def _tables(results: Mapping[str, Any]) -> list[Table]:
     present = next(iter(forecasters.values()))
     for t in thresholds:
         metrics = [f"{base}@{t}" for base in _CATEGORICAL if f"{base}@{t}" in present]
-        tables.append(_table(forecasters, f"Events: value ≥ {t}", metrics))
+        unit = results.get("settings", {}).get("units")
+        title = f"Events: value ≥ {t}" + (f" {unit}" if unit else "")
+        tables.append(_table(forecasters, title, metrics))
     return tables
 
 
@@ -206,10 +208,22 @@ def _units_line(results: Mapping[str, Any]) -> str | None:
     return f"Values are {units}: the errors and event thresholds below are in these units."
 
 
+def _baseline_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per baseline: its name, what it does and its settings (``results["baselines"]``,
+    written by :func:`~convlstm.evaluation.evaluate_checkpoint`)."""
+    lines = []
+    for name, about in results.get("baselines", {}).items():
+        settings = ", ".join(f"{k} = {v}" for k, v in about.get("settings", {}).items())
+        lines.append(f"{name}: {about.get('method', '')}" + (f" ({settings})" if settings else ""))
+    return lines
+
+
 def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str:
     lines = ["# Evaluation report", "", f"Dataset: {_dataset_line(results)}.", ""]
     if units := _units_line(results):
         lines += [units, ""]
+    if baselines := _baseline_lines(results):
+        lines += ["## Baselines", ""] + [f"- {b}" for b in baselines] + [""]
     for title, header, rows, best in _tables(results):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row, marks in zip(rows, best, strict=True):
@@ -239,6 +253,9 @@ def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
     if seed is not None and "seed" not in items:
         items["seed"] = seed
     items |= {f"setting {key}": value for key, value in results.get("settings", {}).items()}
+    for line in _baseline_lines(results):
+        name, about = line.split(": ", 1)
+        items[f"baseline {name}"] = about
     return items
 
 

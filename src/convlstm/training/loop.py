@@ -44,6 +44,7 @@ from convlstm.training.state import (
     save_training_checkpoint,
 )
 from convlstm.training.tensorboard import TrainingBoard, flat_hparams
+from convlstm.units import data_transform
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer"]
 
@@ -115,6 +116,8 @@ class Trainer:
 
         _seed_everything(config.run.seed)
         train_set, self.val_set = build_datasets(config, epoch=0)
+        transform = data_transform(train_set)  # rain data: stored so the model works in mm/h
+        self.data_transform = None if transform is None else transform.to_dict()
         world = ctx.world_size
         if config.optim.batch_size % world:
             raise ConfigError(
@@ -512,4 +515,5 @@ class Trainer:
             self.scheduler,
             self.state,
             self.precision,
+            self.data_transform,
         )
