@@ -149,3 +149,16 @@ def test_data_transform_of_datasets() -> None:
     assert data_transform(get_dataset("moving_mnist", num_samples=1)) is None
     with pytest.raises(TypeError, match="transform must be a RainTransform"):
         PhysicalUnits(EncoderForecaster(hidden_channels=[4]), "log")  # type: ignore[arg-type]
+
+
+def test_predict_command_forecasts_mm_h(run: Path, tmp_path: Path) -> None:
+    raw, config = load_model(run / "best.pt")
+    inputs, _ = _mm_h_data(config)
+    np.save(tmp_path / "rain.npy", inputs[:2, :, 0].astype(np.float32))  # (N, T, H, W) mm/h
+    out = tmp_path / "forecast.npy"
+    args = ["predict", "--checkpoint", str(run / "best.pt"), "--input", str(tmp_path / "rain.npy")]
+    assert main([*args, "--out", str(out), "--layout", "samples"]) == 0
+    with torch.no_grad():
+        log_space = raw(torch.from_numpy(np.log10(inputs[:2] + 0.01)).float(), 2).double().numpy()
+    expected = np.maximum(10**log_space - 0.01, 0)[:, :, 0]
+    np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)

@@ -88,7 +88,8 @@ def _predict_command(args: argparse.Namespace) -> None:
         if target is not None:
             check_parent(target)  # before any work
     device = cli_device(args.device)
-    model, config = load_model(args.checkpoint, map_location=device)
+    # a rain model (its checkpoint carries its data transform) forecasts mm/h from mm/h
+    model, config = load_model(args.checkpoint, map_location=device, physical_units=True)
     data = config.get("data", {})
     shape, dtype = array_header(args.input)
     layout = frames_layout(args.layout, args.input, shape, dtype, data) if shape else args.layout
@@ -127,7 +128,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "Forecast the frames after INPUT (a .npy/.npz of (T,H,W), (T,C,H,W), (N,T,H,W), "
             "(T,N,H,W) or (N,T,C,H,W), or a folder of images sorted by name) with a trained "
             "checkpoint, and write them in the input's layout and dtype (uint8 in, uint8 out). "
-            "A 4-D array is read as convlstm evaluate reads it (see --layout)."
+            "A 4-D array is read as convlstm evaluate reads it (see --layout). A rain model "
+            "whose checkpoint carries its data transform reads and writes rain rates in mm/h."
         ),
     )
     parser.add_argument(
