@@ -87,7 +87,7 @@ def _resolve_baselines(
 def _first_pair(dataset: Dataset) -> tuple[Tensor, Tensor]:
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("the dataset is empty")
-    inputs, targets = dataset[0]
+    inputs, targets = dataset[0][:2]  # a third item is the mask (radar archives)
     inputs, targets = torch.as_tensor(inputs), torch.as_tensor(targets)
     if inputs.ndim != 4 or targets.ndim != 4 or inputs.shape[1:] != targets.shape[1:]:
         raise ValueError(
@@ -134,7 +134,9 @@ def evaluate(
         forecaster: ``forecaster(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``;
             an ``nn.Module`` runs in eval mode (its mode is restored afterwards).
         dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``, read in index
-            order.
+            order, or ``(inputs, targets, mask (T_in + T_out, C, H, W))`` (radar archives,
+            1 where there are data): every metric then ignores the masked target pixels and
+            ``results["dataset"]["masked_fraction"]`` is the fraction of them.
         horizon: lead times to score, at most ``T_out`` (default ``T_out``); targets are cut to it.
         batch_size: sequences per forecaster call.
         device: where the forecasters run; default the model's device.
@@ -178,13 +180,20 @@ def evaluate(
     }
     subset = _limit(dataset, num_samples)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    masked = torch.zeros(2, dtype=torch.float64)  # masked and all target pixels
     with inference(forecaster):
         bar = tqdm(loader, desc="evaluate", unit="batch", disable=None if progress else True)
-        for inputs, targets in bar:
+        for inputs, targets, *rest in bar:
             inputs = inputs.to(device, torch.float32)
             targets = targets[:, :horizon].to(device, torch.float32)
+            mask = None
+            if rest:  # (B, T_in + T_out, C, H, W), 1 where there are data
+                start = inputs.shape[1]
+                mask = rest[0][:, start : start + horizon].to(device)
+                invalid = (mask <= 0).expand(targets.shape)
+                masked += torch.tensor([float(invalid.sum()), float(invalid.numel())])
             for key, run in forecasters.items():
-                metrics[key].update(_run(run, key, inputs, horizon).float(), targets)
+                metrics[key].update(_run(run, key, inputs, horizon).float(), targets, mask)
     from convlstm.report import json_safe
 
     return json_safe(
@@ -196,6 +205,7 @@ def evaluate(
                 "input_len": inputs0.shape[0],
                 "horizon": horizon,
                 "frame_shape": list(inputs0.shape[1:]),
+                **({"masked_fraction": float(masked[0] / masked[1])} if masked[1] else {}),
             },
             "settings": {
                 "data_range": float(data_range),
@@ -235,7 +245,7 @@ def collect_samples(
     samples = []
     with inference(forecaster):
         for index in indices:
-            inputs, targets = (torch.as_tensor(a) for a in dataset[index])
+            inputs, targets = (torch.as_tensor(a) for a in dataset[index][:2])
             steps = targets.shape[0] if horizon is None else horizon
             batch = inputs[None].to(device, torch.float32)
             forecast = _run(forecaster, "model", batch, steps)[0].float().cpu()
@@ -247,7 +257,7 @@ GENERATED_DATASETS = ("moving_mnist", "radar")
 """Dataset names :func:`evaluate_checkpoint` generates (with the validation seed and digits)."""
 
 DATA_LAYOUTS = ("moving_mnist", "samples", "record")
-_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}  # option naming the file
+_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source", "radar_archive": "source"}
 _RANGE_PROBE = 16  # sequences whose largest target sets data_range for unbounded models
 
 
@@ -277,6 +287,11 @@ def _file_dataset(
     layout, or the user's arrays read like the training arrays."""
     trained = _normalise(cfg["name"])
     options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
+    if trained == "radar_archive" and layout is None:  # the whole domain: no crop
+        kept = {k: v for k, v in options.items() if k not in ("source", "crop")}
+        if not _same_file(path, options.get("source")):
+            kept.pop("split", None)
+        return get_dataset(trained, source=path, **kept, input_len=input_len, output_len=output_len)
     if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
         split = {"split": "val"} if trained == "array" else {}
         return get_dataset(trained, **split, **options, input_len=input_len, output_len=output_len)
@@ -303,6 +318,9 @@ def resolve_dataset(
 
     * the file the checkpoint was trained on (``layout=None``): its validation split, built
       with the training options (as :func:`convlstm.training.build_datasets` does);
+    * for a checkpoint trained on a radar archive (``radar_archive``), any archive path
+      (``layout=None``): read with the training options but over the whole domain (no
+      ``crop``), items carrying their mask;
     * another existing path: ``layout="moving_mnist"``, or (unless the checkpoint was trained
       on arrays) a ``.npy`` holding a 4-D ``uint8`` array, is read as the published Moving
       MNIST layout ``(T, N, H, W)`` (:class:`~convlstm.data.MovingMNISTFile`); any other file

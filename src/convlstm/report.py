@@ -201,11 +201,20 @@ def _dataset_line(results: Mapping[str, Any]) -> str:
 
 
 def _units_line(results: Mapping[str, Any]) -> str | None:
-    """Which units the values, errors and event thresholds are in, when the results say."""
-    units = results.get("dataset", {}).get("units")
-    if not units:
-        return None
-    return f"Values are {units}: the errors and event thresholds below are in these units."
+    """Which units the values, errors and event thresholds are in, and which fraction of the
+    pixels was masked (no data), when the results say."""
+    dataset = results.get("dataset", {})
+    units, masked = dataset.get("units"), dataset.get("masked_fraction")
+    lines = []
+    if units:
+        lines.append(
+            f"Values are {units}: the errors and event thresholds below are in these units."
+        )
+    if masked is not None:
+        lines.append(
+            f"Masked (no data): {100 * masked:.2f}% of the target pixels, left out of every score."
+        )
+    return " ".join(lines) or None
 
 
 def _baseline_lines(results: Mapping[str, Any]) -> list[str]:

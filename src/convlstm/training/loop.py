@@ -31,6 +31,7 @@ from torch.utils.data.distributed import DistributedSampler
 from convlstm.checkpoint import restore_rng
 from convlstm.config import Config, ConfigError, config_to_dict
 from convlstm.distributed import DistContext
+from convlstm.masking import masked_mae, masked_mean, masked_mse
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import budget as _budget
 from convlstm.training import progress, rundir
@@ -78,9 +79,18 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
-    """The training loss ``optim.loss`` (``mse``, ``mse+l1`` or ``bce``), in float32."""
+def _loss(kind: str, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The training loss ``optim.loss`` (``mse``, ``mse+l1`` or ``bce``), in float32; with a
+    ``mask`` (1 valid, 0 no data; broadcastable to ``target``) the mean over valid pixels only
+    (:mod:`convlstm.masking`)."""
     pred = pred.float()
+    if mask is not None:
+        if kind == "bce":
+            p = pred.clamp(1e-6, 1 - 1e-6)
+            t = torch.where(mask > 0, target, p.detach())  # no data: no loss, no gradient
+            return masked_mean(-(t * torch.log(p) + (1 - t) * torch.log1p(-p)), mask)
+        loss = masked_mse(pred, target, mask)
+        return loss + masked_mae(pred, target, mask) if kind == "mse+l1" else loss
     if kind == "bce":  # written out so that NaN propagates to the non-finite policy
         p = pred.clamp(1e-6, 1 - 1e-6)
         return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
@@ -263,11 +273,11 @@ class Trainer:
         # the epoch's running sums start from the checkpoint's (zero at an epoch's start)
         epoch_start = _now() - state.epoch_seconds
         with bar:
-            for inputs, targets in loader:
+            for inputs, targets, *mask in loader:  # a mask when the data have one
                 if state.step >= state.total_steps:
                     break
                 tick = _now()
-                loss = self._step(inputs, targets)
+                loss = self._step(inputs, targets, mask[0] if mask else None)
                 if self.on_step is not None:
                     self.on_step(state.step)
                 state.elapsed_s = elapsed()
@@ -312,11 +322,18 @@ class Trainer:
         )
         return float(flags[0]) / self.ctx.world_size, bool(flags[1] > 0), bool(flags[2] > 0)
 
-    def _step(self, inputs: Tensor, targets: Tensor) -> float:
-        """One optimiser step on a batch; returns its loss (NaN if the step was skipped)."""
+    def _step(self, inputs: Tensor, targets: Tensor, mask: Tensor | None = None) -> float:
+        """One optimiser step on a batch; returns its loss (NaN if the step was skipped).
+        ``mask`` ``(B, T_in + T_out, C, H, W)`` (1 valid, 0 no data): the loss ignores the
+        masked pixels."""
         config, state = self.config, self.state
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
+        seen = inputs.shape[1] - 1
+        target_mask = None if mask is None else mask[:, seen + 1 :]
+        input_mask = None if mask is None else mask[:, 1 : seen + 1]
         self.module.train()
         weight = config.optim.input_loss_weight
         with autocast(self.device, self.precision):
@@ -327,10 +344,11 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
-        seen = inputs.shape[1] - 1
-        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets, target_mask)
         if weight:
-            loss = loss + weight * _loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * _loss(
+                config.optim.loss, pred[:, :seen], inputs[:, 1:], input_mask
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.optim.grad_clip or math.inf
@@ -423,11 +441,15 @@ class Trainer:
             self.val_set, indices, self.config.run.eval_batch_size, self.config.data.num_workers, 0
         )
         total = torch.zeros(2, dtype=torch.float64)
-        for inputs, targets in loader:
+        for inputs, targets, *mask in loader:
             inputs = inputs.to(self.device)
             with autocast(self.device, self.precision):
                 pred = self.model(inputs, targets.shape[1])
-            error = (pred.float().cpu() - targets).square().sum()
+            error = (pred.float().cpu() - targets).square()
+            if mask:  # pixels without data count no error
+                valid = mask[0][:, inputs.shape[1] :] > 0
+                error = torch.where(valid, error, torch.zeros_like(error))
+            error = error.sum()
             total += torch.tensor([float(error), targets.shape[0] * targets.shape[1]])
         total = self.ctx.all_reduce(total)
         return float(total[0] / total[1]) if total[1] else math.nan
