@@ -277,7 +277,7 @@ class Trainer:
                 if state.step >= state.total_steps:
                     break
                 tick = _now()
-                loss = self._step(inputs, targets, mask[0] if mask else None)
+                loss = self._step(inputs, targets, *mask)
                 if self.on_step is not None:
                     self.on_step(state.step)
                 state.elapsed_s = elapsed()
