@@ -14,8 +14,9 @@ from convlstm.checkpoint import load_checkpoint, load_model
 from convlstm.cli import main
 from convlstm.data import get_dataset
 from convlstm.data.transforms import RainTransform
+from convlstm.metrics import HKO7_THRESHOLDS
 from convlstm.models import EncoderForecaster
-from convlstm.units import HKO_THRESHOLDS, PhysicalUnits, data_transform
+from convlstm.units import PhysicalUnits, data_transform
 
 TINY_RADAR = [
     "--config",
@@ -84,7 +85,7 @@ def test_the_checkpoint_carries_the_transform_and_the_model_works_in_mm_h(run: P
 def test_the_training_report_scores_rain_in_mm_h(run: Path) -> None:
     results = json.loads((run / "report" / "metrics.json").read_text())
     assert results["settings"]["units"] == "mm/h"
-    assert results["settings"]["thresholds"] == list(HKO_THRESHOLDS)
+    assert results["settings"]["thresholds"] == list(HKO7_THRESHOLDS)
     assert results["settings"]["model_transform"] == {"kind": "log"}
     assert results["dataset"]["units"] == "rain rate in mm/h"
     raw, config = load_model(run / "best.pt")
@@ -96,7 +97,7 @@ def test_the_training_report_scores_rain_in_mm_h(run: Path) -> None:
     assert scores["mse_pixel"]["overall"] == pytest.approx(
         np.mean((forecast - targets) ** 2), rel=1e-4
     )
-    for t in HKO_THRESHOLDS[:3]:
+    for t in HKO7_THRESHOLDS[:3]:
         expected = _csi(forecast, targets, t)
         got = scores[f"csi@{t:g}"]["overall"]
         assert got is None if expected is None else got == pytest.approx(expected, rel=1e-6)

@@ -36,9 +36,9 @@ from convlstm._checks import check_positive
 from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.devices import check_device, default_device, inference, model_device
-from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
+from convlstm.metrics import DEFAULT_CLIP, HKO7_THRESHOLDS, ForecastMetrics
 from convlstm.models import EncoderForecaster
-from convlstm.units import HKO_THRESHOLDS, RAIN_UNITS, PhysicalUnits, untransformed
+from convlstm.units import RAIN_UNITS, PhysicalUnits, untransformed
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
     from convlstm.report import Sample
@@ -452,7 +452,7 @@ def evaluate_checkpoint(
     written by training on rain data; see :mod:`convlstm.units`) is evaluated in physical
     units: the data are read in mm/h (without the training transform), the model is wrapped
     in :class:`~convlstm.units.PhysicalUnits` (mm/h in, mm/h out), predictions are not
-    clipped, ``thresholds`` are in mm/h and default to :data:`~convlstm.units.HKO_THRESHOLDS`
+    clipped, ``thresholds`` are in mm/h and default to :data:`~convlstm.metrics.HKO7_THRESHOLDS`
     (0.5, 2, 5, 10, 30), and the baselines run on the same mm/h inputs (so ``zeros`` is no
     rain). ``baselines=None`` (default) means :func:`~convlstm.baselines.default_baselines`:
     persistence and zeros, plus pysteps' optical flow and S-PROG for rain data where pysteps
@@ -485,7 +485,7 @@ def evaluate_checkpoint(
     # rain: scored in mm/h, unclipped, HKO-7 thresholds, the field's baselines
     data_range, clip = _value_settings(model, dataset, data_range, rain=transform is not None)
     if transform is not None and thresholds is None:
-        thresholds = HKO_THRESHOLDS
+        thresholds = HKO7_THRESHOLDS
     from convlstm.baselines import default_baselines, describe_baseline
 
     if baselines is None:

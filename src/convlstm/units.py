@@ -28,11 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from convlstm.data.transforms import TRANSFORMS, RainTransform
 
-__all__ = ["HKO_THRESHOLDS", "RAIN_UNITS", "PhysicalUnits", "data_transform", "rain_transform"]
-
-HKO_THRESHOLDS: tuple[float, ...] = (0.5, 2.0, 5.0, 10.0, 30.0)
-"""Rain-rate thresholds (mm/h) of the HKO-7 benchmark (Shi et al., 2017): the default event
-thresholds of CSI/POD/FAR/HSS/bias for rain data."""
+__all__ = ["RAIN_UNITS", "PhysicalUnits", "data_transform", "rain_transform", "untransformed"]
 
 RAIN_UNITS = "mm/h"
 
