@@ -163,3 +163,17 @@ def test_predict_command_forecasts_mm_h(run: Path, tmp_path: Path) -> None:
         log_space = raw(torch.from_numpy(np.log10(inputs[:2] + 0.01)).float(), 2).double().numpy()
     expected = np.maximum(10**log_space - 0.01, 0)[:, :, 0]
     np.testing.assert_allclose(np.load(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_radar_report_draws_every_categorical_score_against_lead_time(run: Path) -> None:
+    from convlstm.report import _axis_label
+
+    curves = {p.name for p in (run / "report" / "curves").iterdir()}
+    for score in ("csi", "pod", "far", "hss", "bias"):
+        for t in HKO7_THRESHOLDS:
+            assert f"{score}_at_{t:g}.png" in curves, (score, t)
+    assert _axis_label("mse_frame", "mm/h") == "MSE / frame ((mm/h)²)"
+    assert _axis_label("mae_pixel", "mm/h") == "MAE / pixel (mm/h)"
+    assert _axis_label("csi@2", "mm/h") == "CSI (no unit)"
+    html = (run / "report" / "summary.html").read_text()
+    assert "HSS ≥ 2" in html

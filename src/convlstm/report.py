@@ -36,6 +36,7 @@ from convlstm.viz import lead_time_figure, sequence_gif
 __all__ = [
     "CURVE_METRICS",
     "METRIC_INFO",
+    "RAIN_CURVE_METRICS",
     "Sample",
     "command_line",
     "json_safe",
@@ -295,17 +296,38 @@ def _html(results: Mapping[str, Any], curves: dict[str, bytes], gifs: dict[str, 
     )
 
 
+RAIN_CURVE_METRICS = (*CURVE_METRICS, "pod", "far", "hss", "bias")
+"""Metrics drawn against lead time for rain in physical units (``settings.units``): every
+categorical score, once per threshold."""
+
+
+def _axis_label(metric: str, units: str | None) -> str:
+    """The metric's label with its unit (``units`` of the values, e.g. ``"mm/h"``)."""
+    base, _ = _split(metric)
+    label = METRIC_INFO.get(base, (base, "lower"))[0]
+    if units is None or base in ("psnr",):
+        return label
+    if base.startswith("mse"):
+        return f"{label} (({units})²)"
+    if base.startswith("mae"):
+        return f"{label} ({units})"
+    return f"{label} (no unit)"
+
+
 def _curves(results: Mapping[str, Any]) -> dict[str, bytes]:
-    """``curves/<metric>.png`` figures, keyed by relative path."""
+    """``curves/<metric>.png`` figures, keyed by relative path; for rain in physical units
+    (``results["settings"]["units"]``) also POD, FAR, HSS and bias per threshold, with the
+    units on the axes and in the titles."""
     forecasters = results["forecasters"]
+    units = results.get("settings", {}).get("units")
     figures = {}
-    for metric in _ordered_metrics(forecasters, CURVE_METRICS):
+    for metric in _ordered_metrics(forecasters, RAIN_CURVE_METRICS if units else CURVE_METRICS):
         curves = {name: values[metric]["per_lead_time"] for name, values in forecasters.items()}
+        title = _metric_label(metric)
+        if units and _split(metric)[1] is not None:
+            title = f"{title} {units}"
         figures[f"curves/{_file_stem(metric)}.png"] = lead_time_figure(
-            curves,
-            title=_metric_label(metric),
-            ylabel=_metric_label(metric),
-            best=_goal(metric),
+            curves, title=title, ylabel=_axis_label(metric, units), best=_goal(metric)
         )
     return figures
 
