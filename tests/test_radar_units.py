@@ -177,3 +177,18 @@ def test_the_radar_report_draws_every_categorical_score_against_lead_time(run: P
     assert _axis_label("csi@2", "mm/h") == "CSI (no unit)"
     html = (run / "report" / "summary.html").read_text()
     assert "HSS ≥ 2" in html
+
+
+def test_the_radar_report_shows_rain_maps(run: Path) -> None:
+    from PIL import Image
+
+    from convlstm.baselines import available_baselines
+
+    maps = sorted((run / "report" / "maps").glob("sample_*.png"))
+    assert maps, "no rain maps in the report"
+    with Image.open(maps[0]) as image:
+        width, height = image.size
+    rows = 3 if "optical_flow" in available_baselines() else 2  # observation, model, flow
+    assert height > 150 * rows / 2 and width > 2 * 150  # 2 lead times (1 and 2) + colour bar
+    assert "## Rain maps (mm/h)" in (run / "report" / "summary.md").read_text()
+    assert "rain maps (mm/h), sequence" in (run / "report" / "summary.html").read_text()

@@ -517,8 +517,24 @@ def evaluate_checkpoint(
     results["config"] = json_safe(config)
     count = results["dataset"]["num_sequences"]
     samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
+    if transform is not None and "optical_flow" in results["forecasters"]:
+        samples = _with_optical_flow(samples)
     _write_report(results, out_dir, samples, overwrite)
     return results
+
+
+def _with_optical_flow(samples: list[Sample]) -> list[Sample]:
+    """The samples with pysteps' optical-flow forecast beside the model's (rain maps)."""
+    from dataclasses import replace
+
+    from convlstm.baselines import get_baseline
+
+    flow = get_baseline("optical_flow")
+    out = []
+    for s in samples:
+        forecast = flow(torch.from_numpy(s.inputs)[None].double(), len(s.target))[0].numpy()
+        out.append(replace(s, others={"optical flow": forecast}))
+    return out
 
 
 def _write_report(

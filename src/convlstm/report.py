@@ -23,7 +23,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from convlstm import _html as _page
 from convlstm._atomic import atomic_dir
-from convlstm.viz import lead_time_figure, sequence_gif
+from convlstm.viz import lead_time_figure, rain_maps_figure, sequence_gif
 
 __all__ = [
     "CURVE_METRICS",
@@ -76,12 +76,15 @@ class Sample:
         inputs: ``(T_in, C, H, W)`` input frames.
         target: ``(T_out, C, H, W)`` true future frames.
         forecast: ``(T_out, C, H, W)`` the model's forecast.
+        others: other forecasters' forecasts ``(T_out, C, H, W)`` by name (e.g. optical
+            flow), shown beside the model's on the rain maps of reports in mm/h.
     """
 
     index: int
     inputs: np.ndarray
     target: np.ndarray
     forecast: np.ndarray
+    others: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def json_safe(value: Any) -> Any:
@@ -228,7 +231,9 @@ def _baseline_lines(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str:
+def _markdown(
+    results: Mapping[str, Any], curves: list[str], gifs: list[str], maps: Sequence[str] = ()
+) -> str:
     lines = ["# Evaluation report", "", f"Dataset: {_dataset_line(results)}.", ""]
     if units := _units_line(results):
         lines += [units, ""]
@@ -245,6 +250,9 @@ def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) ->
     if curves:
         lines += ["## Metrics against lead time", ""]
         lines += [f"![{Path(c).stem}]({c})" for c in curves] + [""]
+    if maps:
+        lines += ["## Rain maps (mm/h)", ""]
+        lines += [f"![{Path(m).stem}]({m})" for m in maps] + [""]
     if gifs:
         lines += ["## Samples (input | truth | forecast | error)", ""]
         lines += [f"![{Path(g).stem}]({g})" for g in gifs] + [""]
@@ -279,7 +287,13 @@ def _html(results: Mapping[str, Any], curves: dict[str, bytes], gifs: dict[str, 
         units=_units_line(results),
         tables=_tables(results),
         curves=[
-            (path, _metric_label(Path(path).stem.replace("_at_", "@")), data)
+            (
+                path,
+                f"rain maps (mm/h), sequence {int(Path(path).stem.rsplit('_', 1)[1])}"
+                if path.startswith("maps/")
+                else _metric_label(Path(path).stem.replace("_at_", "@")),
+                data,
+            )
             for path, data in curves.items()
         ],
         samples=[
@@ -361,9 +375,30 @@ def report_files(results: Mapping[str, Any], samples: Sequence[Sample] = ()) -> 
         )
         for s in samples
     }
-    files["summary.md"] = _markdown(results, list(figures), list(gifs)).encode()
-    files["summary.html"] = _html(results, figures, gifs).encode()
-    return files | figures | gifs
+    maps = _rain_maps(results, samples)
+    files["summary.md"] = _markdown(results, list(figures), list(gifs), list(maps)).encode()
+    files["summary.html"] = _html(results, figures | maps, gifs).encode()
+    return files | figures | gifs | maps
+
+
+def _map_lead_times(horizon: int) -> list[int]:
+    """The lead times the rain maps show: the first, the middle and the last."""
+    return sorted({1, (horizon + 1) // 2, horizon})
+
+
+def _rain_maps(results: Mapping[str, Any], samples: Sequence[Sample]) -> dict[str, bytes]:
+    """``maps/sample_NNNNN.png`` per sample when the values are rain rates in mm/h: the
+    observation, the model's and the other forecasters' forecasts at chosen lead times, on
+    pysteps' colour scale."""
+    if results.get("settings", {}).get("units") != "mm/h":
+        return {}
+    maps = {}
+    for s in samples:
+        rows = {"observation": s.target, "model": s.forecast, **s.others}
+        maps[f"maps/sample_{s.index:05d}.png"] = rain_maps_figure(
+            rows, _map_lead_times(len(s.target)), title=f"sequence {s.index}: rain rate (mm/h)"
+        )
+    return maps
 
 
 def write_report(
