@@ -192,3 +192,33 @@ def test_the_radar_report_shows_rain_maps(run: Path) -> None:
     assert height > 150 * rows / 2 and width > 2 * 150  # 2 lead times (1 and 2) + colour bar
     assert "## Rain maps (mm/h)" in (run / "report" / "summary.md").read_text()
     assert "rain maps (mm/h), sequence" in (run / "report" / "summary.html").read_text()
+
+
+def test_predict_on_a_radar_archive_writes_cf_netcdf(run: Path, tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    pytest.importorskip("zarr")
+    pytest.importorskip("netCDF4")
+    raw, config = load_model(run / "best.pt")
+    inputs, _ = _mm_h_data(config)
+    rain = inputs[0, :, 0].astype(np.float32).copy()  # (3, 32, 32) mm/h
+    rain[:, :, :2] = np.nan  # outside the radar's range
+    times = np.datetime64("2024-05-01T12:00", "ns") + np.arange(3) * np.timedelta64(5, "m")
+    store = tmp_path / "radar.zarr"
+    xr.Dataset(
+        {"precip": (("time", "y", "x"), rain, {"units": "mm/h"})}, coords={"time": times}
+    ).to_zarr(store, consolidated=False)
+    out = tmp_path / "nowcast.nc"
+    args = ["predict", "--checkpoint", str(run / "best.pt"), "--input", str(store)]
+    assert main([*args, "--out", str(out)]) == 0
+    with xr.open_dataset(out) as nowcast:
+        values = nowcast["precip_intensity"].values
+        valid = nowcast["time"].values
+    assert values.shape == (2, 32, 32)
+    assert list(valid) == [times[-1] + np.timedelta64(5 * k, "m") for k in (1, 2)]
+    filled = np.nan_to_num(rain.astype(np.float64))
+    with torch.no_grad():
+        log_space = raw(torch.from_numpy(np.log10(filled + 0.01))[None, :, None].float(), 2)
+    expected = np.maximum(10 ** log_space[0, :, 0].double().numpy() - 0.01, 0)
+    assert np.isnan(values[:, :, :2]).all()
+    np.testing.assert_allclose(values[:, :, 2:], expected[:, :, 2:], rtol=1e-4, atol=1e-5)
+    assert main([*args, "--out", str(tmp_path / "again.nc"), "--png", str(tmp_path / "p")]) == 2
