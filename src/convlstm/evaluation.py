@@ -36,7 +36,8 @@ from convlstm._checks import check_positive
 from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.devices import check_device, default_device, inference, model_device
-from convlstm.metrics import DEFAULT_CLIP, HKO7_THRESHOLDS, ForecastMetrics
+from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
+from convlstm.metrics.functional import HKO7_THRESHOLDS
 from convlstm.models import EncoderForecaster
 from convlstm.units import RAIN_UNITS, PhysicalUnits, untransformed
 
