@@ -32,7 +32,8 @@ from convlstm.pretrained import (
     load_pretrained,
     load_pretrained_or_checkpoint,
 )
-from convlstm.training import _epoch_seed, train
+from convlstm.training import train
+from convlstm.training.datasets import epoch_seed
 
 pytest.importorskip("safetensors")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -221,7 +222,7 @@ def _fresh_seed(config: dict) -> int:
     training = config.get("training") or {}
     run_seed = training.get("run", {}).get("seed", 0)
     epochs = training.get("optim", {}).get("epochs", 0)
-    used = {config["data"].get("val_seed", 1)} | {_epoch_seed(run_seed, e) for e in range(epochs)}
+    used = {config["data"].get("val_seed", 1)} | {epoch_seed(run_seed, e) for e in range(epochs)}
     seed = 20_261_207
     while seed in used:
         seed += 1

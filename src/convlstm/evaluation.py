@@ -36,7 +36,7 @@ from convlstm._checks import check_positive
 from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.devices import check_device, default_device, inference, model_device
-from convlstm.metrics import DEFAULT_CLIP, ForecastMetrics
+from convlstm.metrics import DEFAULT_CLIP
 from convlstm.metrics.functional import HKO7_THRESHOLDS
 from convlstm.models import EncoderForecaster
 from convlstm.units import RAIN_UNITS, PhysicalUnits, untransformed
@@ -175,6 +175,8 @@ def evaluate(
         raise ValueError(f"a baseline is named {name!r} like the model; pass another name=")
     forecasters = {name: forecaster} | others
     device = torch.device(device) if device is not None else model_device(forecaster)
+    from convlstm.metrics import ForecastMetrics  # torchmetrics (and with it matplotlib) on use
+
     metrics = {
         key: ForecastMetrics(data_range=data_range, clip=clip, thresholds=thresholds)
         for key in forecasters

@@ -58,8 +58,11 @@ Modules: :mod:`~convlstm.metrics.functional` (the plain functions :func:`mse`, :
 0.5
 """
 
-from convlstm.metrics.categorical import ContingencyTable
-from convlstm.metrics.forecast import ForecastMetrics, evaluate, score_forecasts
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from convlstm.metrics.functional import (
     CATEGORICAL_SCORES,
     CONTINUOUS_METRICS,
@@ -71,6 +74,27 @@ from convlstm.metrics.functional import (
     psnr,
     ssim,
 )
+
+if TYPE_CHECKING:
+    from convlstm.metrics.categorical import ContingencyTable
+    from convlstm.metrics.forecast import ForecastMetrics, evaluate, score_forecasts
+
+# The accumulating metrics are torchmetrics Metrics, and importing torchmetrics imports
+# matplotlib where it is installed: they load on first use, so that importing the functions
+# above (and convlstm.evaluation, which imports this package) stays light.
+_LAZY = {
+    "ContingencyTable": "convlstm.metrics.categorical",
+    "ForecastMetrics": "convlstm.metrics.forecast",
+    "evaluate": "convlstm.metrics.forecast",
+    "score_forecasts": "convlstm.metrics.forecast",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'convlstm.metrics' has no attribute {name!r}")
+
 
 __all__ = [
     "CATEGORICAL_SCORES",
