@@ -332,8 +332,9 @@ class Trainer:
         if mask is not None:
             mask = mask.to(self.device, non_blocking=True)
         seen = inputs.shape[1] - 1
-        target_mask = None if mask is None else mask[:, seen + 1 :]
-        input_mask = None if mask is None else mask[:, 1 : seen + 1]
+        # the masks go to _loss only when the data have one (its three-argument form stays)
+        target_mask = [] if mask is None else [mask[:, seen + 1 :]]
+        input_mask = [] if mask is None else [mask[:, 1 : seen + 1]]
         self.module.train()
         weight = config.optim.input_loss_weight
         with autocast(self.device, self.precision):
@@ -344,10 +345,10 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
-        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets, target_mask)
+        loss = _loss(config.optim.loss, pred[:, seen:] if weight else pred, targets, *target_mask)
         if weight:
             loss = loss + weight * _loss(
-                config.optim.loss, pred[:, :seen], inputs[:, 1:], input_mask
+                config.optim.loss, pred[:, :seen], inputs[:, 1:], *input_mask
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
