@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import io
 from collections.abc import Callable
 from numbers import Integral
@@ -51,6 +52,8 @@ __all__ = [
     "Forecaster",
     "available_baselines",
     "climatology",
+    "default_baselines",
+    "describe_baseline",
     "get_baseline",
     "list_baselines",
     "optical_flow",
@@ -389,3 +392,49 @@ def get_baseline(name: str) -> Forecaster:
     forecaster = _REGISTRY.get(name)
     _REQUIREMENTS.get(normalise_name(name), lambda: None)()
     return forecaster
+
+
+_RAIN_BASELINES = ("persistence", "zeros", "optical_flow", "sprog")
+
+
+def default_baselines(rain: bool = False) -> list[str]:
+    """The baselines a report compares a model with: ``persistence`` and ``zeros``, and for
+    rain data (``rain=True``, values in mm/h) also the field's standard nowcasts,
+    ``optical_flow`` and ``sprog``, when pysteps and OpenCV are installed.
+
+    >>> default_baselines()
+    ['persistence', 'zeros']
+    """
+    if not rain:
+        return ["persistence", "zeros"]
+    usable = set(available_baselines())
+    return [name for name in _RAIN_BASELINES if name in usable]
+
+
+def describe_baseline(name: str) -> dict[str, Any]:
+    """What the baseline ``name`` does and with which settings, for a report:
+    ``{"method": first line of its docstring, "settings": {option: default}}`` (its
+    keyword-only options and their values; ``optical_flow`` and ``sprog`` also name the
+    pysteps methods they call).
+
+    >>> describe_baseline("persistence")
+    {'method': 'Repeat the last input frame ``horizon`` times.', 'settings': {}}
+    """
+    forecaster = _REGISTRY.get(name)
+    doc = (getattr(forecaster, "__doc__", None) or "").strip()
+    settings: dict[str, Any] = {}
+    try:
+        parameters = list(inspect.signature(forecaster).parameters.values())
+    except (TypeError, ValueError):  # a callable without a signature: no settings to show
+        parameters = []
+    for parameter in parameters:
+        if parameter.kind is parameter.KEYWORD_ONLY and parameter.default is not parameter.empty:
+            settings[parameter.name] = parameter.default
+    extra = {
+        "optical_flow": {"motion": "pysteps LK (Lucas-Kanade)", "extrapolation": "semilagrangian"},
+        "sprog": {
+            "motion": "pysteps LK (Lucas-Kanade)",
+            "nowcast": "pysteps.nowcasts.sprog, on dBR, CDF probability matching",
+        },
+    }.get(normalise_name(name), {})
+    return {"method": doc.splitlines()[0] if doc else name, "settings": {**extra, **settings}}

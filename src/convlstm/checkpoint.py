@@ -19,6 +19,9 @@ epoch, step        the epoch and the global optimiser step reached; ``epoch_step
 best_metric        best validation loss so far (``None`` before the first validation)
 rng                RNG states of torch (CPU and CUDA), numpy and Python's ``random``
 trainer            the trainer's bookkeeping (planned steps, skipped steps, ...)
+data_transform     rain data only: the data's ``RainTransform.to_dict()`` (``{"kind": "log",
+                   ...}``), so the loaded model can work in mm/h (:mod:`convlstm.units`);
+                   absent in older checkpoints and for other data
 =================  ==========================================================================
 
 Files are written with a temporary file in the same folder, flushed and fsync'ed, then renamed
@@ -246,13 +249,22 @@ def _check_fit(own: dict[str, Any], state: dict[str, Any], source: str) -> None:
 
 
 def load_model(
-    path: str | os.PathLike[str], map_location: Any = "cpu"
+    path: str | os.PathLike[str], map_location: Any = "cpu", *, physical_units: bool = False
 ) -> tuple[EncoderForecaster, dict[str, Any]]:
     """The model stored in checkpoint ``path`` (in eval mode) and the run's configuration.
 
+    Args:
+        path: the checkpoint file.
+        map_location: where the weights go.
+        physical_units: when the checkpoint carries a rain data transform
+            (``data_transform``), return the model wrapped in
+            :class:`~convlstm.units.PhysicalUnits`, which takes and returns rain rates in
+            mm/h; other checkpoints load unwrapped either way.
+
     Returns:
         ``(model, config)``: the :class:`~convlstm.models.EncoderForecaster` with its weights on
-        ``map_location``, and the training configuration as nested plain values
+        ``map_location`` (or its :class:`~convlstm.units.PhysicalUnits` wrapper, which exposes
+        the same attributes), and the training configuration as nested plain values
         (``config["data"]["horizon"]``, ...; see :mod:`convlstm.config`).
 
     Raises:
@@ -268,7 +280,18 @@ def load_model(
     _check_fit(skeleton.state_dict(), checkpoint["model_state"], source)
     model = EncoderForecaster(**checkpoint["model_config"])
     load_state_checked(model, checkpoint["model_state"], source)
-    return model.to(map_location).eval(), checkpoint["config"]
+    model = model.to(map_location).eval()
+    from convlstm.units import rain_transform
+
+    try:
+        transform = rain_transform(checkpoint)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source} has an invalid data_transform: {error}") from None
+    if transform is not None and physical_units:
+        from convlstm.units import PhysicalUnits
+
+        return PhysicalUnits(model, transform).eval(), checkpoint["config"]  # type: ignore[return-value]
+    return model, checkpoint["config"]
 
 
 # ----------------------------------------------------------------------------- RNG states

@@ -37,8 +37,10 @@ from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.devices import check_device, default_device, inference, model_device
 from convlstm.metrics import DEFAULT_CLIP
+from convlstm.metrics.functional import HKO7_THRESHOLDS
 from convlstm.models import EncoderForecaster
 from convlstm.registry import normalise_name
+from convlstm.units import RAIN_UNITS, PhysicalUnits, untransformed
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
     from convlstm.report import Sample
@@ -88,7 +90,7 @@ def _resolve_baselines(
 def _first_pair(dataset: Dataset) -> tuple[Tensor, Tensor]:
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("the dataset is empty")
-    inputs, targets = dataset[0]
+    inputs, targets = dataset[0][:2]  # a third item is the mask (radar archives)
     inputs, targets = torch.as_tensor(inputs), torch.as_tensor(targets)
     if inputs.ndim != 4 or targets.ndim != 4 or inputs.shape[1:] != targets.shape[1:]:
         raise ValueError(
@@ -135,7 +137,9 @@ def evaluate(
         forecaster: ``forecaster(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``;
             an ``nn.Module`` runs in eval mode (its mode is restored afterwards).
         dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``, read in index
-            order.
+            order, or ``(inputs, targets, mask (T_in + T_out, C, H, W))`` (radar archives,
+            1 where there are data): every metric then ignores the masked target pixels and
+            ``results["dataset"]["masked_fraction"]`` is the fraction of them.
         horizon: lead times to score, at most ``T_out`` (default ``T_out``); targets are cut to it.
         batch_size: sequences per forecaster call.
         device: where the forecasters run; default the model's device.
@@ -181,13 +185,20 @@ def evaluate(
     }
     subset = _limit(dataset, num_samples)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=0)
+    masked = torch.zeros(2, dtype=torch.float64)  # masked and all target pixels
     with inference(forecaster):
         bar = tqdm(loader, desc="evaluate", unit="batch", disable=None if progress else True)
-        for inputs, targets in bar:
+        for inputs, targets, *rest in bar:
             inputs = inputs.to(device, torch.float32)
             targets = targets[:, :horizon].to(device, torch.float32)
+            mask = None
+            if rest:  # (B, T_in + T_out, C, H, W), 1 where there are data
+                start = inputs.shape[1]
+                mask = rest[0][:, start : start + horizon].to(device)
+                invalid = (mask <= 0).expand(targets.shape)
+                masked += torch.tensor([float(invalid.sum()), float(invalid.numel())])
             for key, run in forecasters.items():
-                metrics[key].update(_run(run, key, inputs, horizon).float(), targets)
+                metrics[key].update(_run(run, key, inputs, horizon).float(), targets, mask)
     from convlstm.report import json_safe
 
     return json_safe(
@@ -199,6 +210,7 @@ def evaluate(
                 "input_len": inputs0.shape[0],
                 "horizon": horizon,
                 "frame_shape": list(inputs0.shape[1:]),
+                **({"masked_fraction": float(masked[0] / masked[1])} if masked[1] else {}),
             },
             "settings": {
                 "data_range": float(data_range),
@@ -238,7 +250,7 @@ def collect_samples(
     samples = []
     with inference(forecaster):
         for index in indices:
-            inputs, targets = (torch.as_tensor(a) for a in dataset[index])
+            inputs, targets = (torch.as_tensor(a) for a in dataset[index][:2])
             steps = targets.shape[0] if horizon is None else horizon
             batch = inputs[None].to(device, torch.float32)
             forecast = _run(forecaster, "model", batch, steps)[0].float().cpu()
@@ -250,7 +262,7 @@ GENERATED_DATASETS = ("moving_mnist", "radar")
 """Dataset names :func:`evaluate_checkpoint` generates (with the validation seed and digits)."""
 
 DATA_LAYOUTS = ("moving_mnist", "samples", "record")
-_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}  # option naming the file
+_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source", "radar_archive": "source"}
 _RANGE_PROBE = 16  # sequences whose largest target sets data_range for unbounded models
 
 
@@ -276,6 +288,11 @@ def _file_dataset(
     layout, or the user's arrays read like the training arrays."""
     trained = normalise_name(cfg["name"], "dataset")
     options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
+    if trained == "radar_archive" and layout is None:  # the whole domain: no crop
+        kept = {k: v for k, v in options.items() if k not in ("source", "crop")}
+        if not _same_file(path, options.get("source")):
+            kept.pop("split", None)
+        return get_dataset(trained, source=path, **kept, input_len=input_len, output_len=output_len)
     if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
         split = {"split": "val"} if trained == "array" else {}
         return get_dataset(trained, **split, **options, input_len=input_len, output_len=output_len)
@@ -302,6 +319,9 @@ def resolve_dataset(
 
     * the file the checkpoint was trained on (``layout=None``): its validation split, built
       with the training options (as :func:`convlstm.training.build_datasets` does);
+    * for a checkpoint trained on a radar archive (``radar_archive``), any archive path
+      (``layout=None``): read with the training options but over the whole domain (no
+      ``crop``), items carrying their mask;
     * another existing path: ``layout="moving_mnist"``, or (unless the checkpoint was trained
       on arrays) a ``.npy`` holding a 4-D ``uint8`` array, is read as the published Moving
       MNIST layout ``(T, N, H, W)`` (:class:`~convlstm.data.MovingMNISTFile`); any other file
@@ -389,7 +409,10 @@ def value_units(dataset: Dataset) -> str | None:
 
 
 def value_settings(
-    model: EncoderForecaster, dataset: Dataset, data_range: float | None = None
+    model: EncoderForecaster,
+    dataset: Dataset,
+    data_range: float | None = None,
+    rain: bool = False,
 ) -> tuple[float, tuple[float, float] | None]:
     """The SSIM/PSNR ``data_range`` and the clipping of predictions with which ``convlstm
     evaluate`` (and :class:`convlstm.lightning.ForecastModule`'s test) score ``model`` on
@@ -400,6 +423,8 @@ def value_settings(
         dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``; read only for an
             unbounded model without ``data_range``.
         data_range: the user's data range, or ``None`` for the default.
+        rain: scored in mm/h (a rain model wrapped in :class:`~convlstm.units.PhysicalUnits`):
+            never clipped, whatever the model's output activation.
 
     Returns:
         ``(data_range, clip)``: for a sigmoid model (data in [0, 1]) ``data_range`` (default 1)
@@ -410,7 +435,7 @@ def value_settings(
     >>> value_settings(model, [(torch.zeros(2, 1, 4, 4), torch.full((1, 1, 4, 4), 7.0))])
     (7.0, None)
     """
-    if model.output_activation == "sigmoid":
+    if model.output_activation == "sigmoid" and not rain:
         return (1.0 if data_range is None else data_range), DEFAULT_CLIP
     if data_range is None:
         count = min(len(dataset), _RANGE_PROBE)  # type: ignore[arg-type]
@@ -431,7 +456,7 @@ def evaluate_checkpoint(
     thresholds: Sequence[float] | None = None,
     horizon: int | None = None,
     layout: str | None = None,
-    baselines: Sequence[str] = ("persistence", "zeros"),
+    baselines: Sequence[str] | None = None,
     num_gifs: int = 3,
     data_range: float | None = None,
     progress: bool = True,
@@ -450,6 +475,16 @@ def evaluate_checkpoint(
     ``data_range`` defaults to the largest target value among the first 16 sequences.
     ``num_gifs`` sequences, spread over the data, are animated. Other arguments are those of
     :func:`evaluate` and :func:`~convlstm.report.write_report`.
+
+    **Rain in mm/h.** A checkpoint that carries its rain data transform (``data_transform``,
+    written by training on rain data; see :mod:`convlstm.units`) is evaluated in physical
+    units: the data are read in mm/h (without the training transform), the model is wrapped
+    in :class:`~convlstm.units.PhysicalUnits` (mm/h in, mm/h out), predictions are not
+    clipped, ``thresholds`` are in mm/h and default to :data:`~convlstm.metrics.HKO7_THRESHOLDS`
+    (0.5, 2, 5, 10, 30), and the baselines run on the same mm/h inputs (so ``zeros`` is no
+    rain). ``baselines=None`` (default) means :func:`~convlstm.baselines.default_baselines`:
+    persistence and zeros, plus pysteps' optical flow and S-PROG for rain data where pysteps
+    is installed; each is described with its settings in ``results["baselines"]``.
 
     Returns:
         the results written to ``out_dir/metrics.json``: those of :func:`evaluate`, plus
@@ -472,11 +507,22 @@ def evaluate_checkpoint(
     device = default_device(device)
     check_device(device, "device")
     model, config = load_pretrained_or_checkpoint(
-        checkpoint=checkpoint, pretrained=pretrained, map_location=device
+        checkpoint=checkpoint, pretrained=pretrained, map_location=device, physical_units=True
     )
-    dataset = resolve_dataset(data, config, num_samples=num_samples, horizon=horizon, layout=layout)
+    transform = model.transform if isinstance(model, PhysicalUnits) else None
+    data_config = config if transform is None else untransformed(config)
+    dataset = resolve_dataset(
+        data, data_config, num_samples=num_samples, horizon=horizon, layout=layout
+    )
     check_fit(model, dataset, str(data))
-    data_range, clip = value_settings(model, dataset, data_range)
+    # rain: scored in mm/h, unclipped, HKO-7 thresholds, the field's baselines
+    data_range, clip = value_settings(model, dataset, data_range, rain=transform is not None)
+    if transform is not None and thresholds is None:
+        thresholds = HKO7_THRESHOLDS
+    from convlstm.baselines import default_baselines, describe_baseline
+
+    if baselines is None:
+        baselines = default_baselines(rain=transform is not None)
     results = evaluate(
         model,
         dataset,
@@ -490,9 +536,13 @@ def evaluate_checkpoint(
         clip=clip,
     )
     results["dataset"]["name"] = str(data)
-    units = value_units(dataset)
+    units = "rain rate in mm/h" if transform is not None else value_units(dataset)
     if units is not None:
         results["dataset"]["units"] = units
+    if transform is not None:
+        results["settings"]["units"] = RAIN_UNITS
+        results["settings"]["model_transform"] = transform.to_dict()
+    results["baselines"] = {name: describe_baseline(name) for name in baselines}
     source = checkpoint if checkpoint is not None else pretrained
     results["checkpoint"] = {"path": str(source), "model": config["model"]["name"]}
     from convlstm.report import command_line, json_safe
@@ -501,8 +551,24 @@ def evaluate_checkpoint(
     results["config"] = json_safe(config)
     count = results["dataset"]["num_sequences"]
     samples = collect_samples(model, dataset, sample_indices(count, num_gifs), device=device)
+    if transform is not None and "optical_flow" in results["forecasters"]:
+        samples = _with_optical_flow(samples)
     _write_report(results, out_dir, samples, overwrite)
     return results
+
+
+def _with_optical_flow(samples: list[Sample]) -> list[Sample]:
+    """The samples with pysteps' optical-flow forecast beside the model's (rain maps)."""
+    from dataclasses import replace
+
+    from convlstm.baselines import get_baseline
+
+    flow = get_baseline("optical_flow")
+    out = []
+    for s in samples:
+        forecast = flow(torch.from_numpy(s.inputs)[None].double(), len(s.target))[0].numpy()
+        out.append(replace(s, others={"optical flow": forecast}))
+    return out
 
 
 def _write_report(

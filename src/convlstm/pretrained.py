@@ -322,9 +322,11 @@ def load_pretrained_or_checkpoint(
     checkpoint: str | os.PathLike[str] | None = None,
     pretrained: str | os.PathLike[str] | None = None,
     map_location: Any = "cpu",
+    physical_units: bool = False,
 ) -> tuple[EncoderForecaster, dict[str, Any]]:
     """The model for ``convlstm predict/evaluate``: from a training ``checkpoint`` (as
-    :func:`convlstm.checkpoint.load_model`) or a ``pretrained`` name or folder, exactly one.
+    :func:`convlstm.checkpoint.load_model`, ``physical_units`` included: a rain checkpoint's
+    model in mm/h) or a ``pretrained`` name or folder, exactly one.
 
     Returns:
         ``(model, config)`` in the checkpoint's form either way: ``config["model"]["name"]``,
@@ -340,7 +342,7 @@ def load_pretrained_or_checkpoint(
     if (checkpoint is None) == (pretrained is None):
         raise ValueError("give exactly one of checkpoint= (a .pt file) and pretrained= (a name)")
     if checkpoint is not None:
-        return load_model(checkpoint, map_location=map_location)
+        return load_model(checkpoint, map_location=map_location, physical_units=physical_units)
     assert pretrained is not None
     model, stored = load_pretrained(pretrained, map_location=map_location)
     if not stored.get("data"):

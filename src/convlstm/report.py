@@ -23,7 +23,7 @@ import re
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,12 @@ import numpy as np
 
 from convlstm import _html as _page
 from convlstm._atomic import atomic_dir
-from convlstm.viz import lead_time_figure, sequence_gif
+from convlstm.viz import lead_time_figure, rain_maps_figure, sequence_gif
 
 __all__ = [
     "CURVE_METRICS",
     "METRIC_INFO",
+    "RAIN_CURVE_METRICS",
     "Sample",
     "command_line",
     "json_safe",
@@ -75,12 +76,15 @@ class Sample:
         inputs: ``(T_in, C, H, W)`` input frames.
         target: ``(T_out, C, H, W)`` true future frames.
         forecast: ``(T_out, C, H, W)`` the model's forecast.
+        others: other forecasters' forecasts ``(T_out, C, H, W)`` by name (e.g. optical
+            flow), shown beside the model's on the rain maps of reports in mm/h.
     """
 
     index: int
     inputs: np.ndarray
     target: np.ndarray
     forecast: np.ndarray
+    others: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def json_safe(value: Any) -> Any:
@@ -185,7 +189,9 @@ def _tables(results: Mapping[str, Any]) -> list[Table]:
     present = next(iter(forecasters.values()))
     for t in thresholds:
         metrics = [f"{base}@{t}" for base in _CATEGORICAL if f"{base}@{t}" in present]
-        tables.append(_table(forecasters, f"Events: value ≥ {t}", metrics))
+        unit = results.get("settings", {}).get("units")
+        title = f"Events: value ≥ {t}" + (f" {unit}" if unit else "")
+        tables.append(_table(forecasters, title, metrics))
     return tables
 
 
@@ -199,17 +205,40 @@ def _dataset_line(results: Mapping[str, Any]) -> str:
 
 
 def _units_line(results: Mapping[str, Any]) -> str | None:
-    """Which units the values, errors and event thresholds are in, when the results say."""
-    units = results.get("dataset", {}).get("units")
-    if not units:
-        return None
-    return f"Values are {units}: the errors and event thresholds below are in these units."
+    """Which units the values, errors and event thresholds are in, and which fraction of the
+    pixels was masked (no data), when the results say."""
+    dataset = results.get("dataset", {})
+    units, masked = dataset.get("units"), dataset.get("masked_fraction")
+    lines = []
+    if units:
+        lines.append(
+            f"Values are {units}: the errors and event thresholds below are in these units."
+        )
+    if masked is not None:
+        lines.append(
+            f"Masked (no data): {100 * masked:.2f}% of the target pixels, left out of every score."
+        )
+    return " ".join(lines) or None
 
 
-def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) -> str:
+def _baseline_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per baseline: its name, what it does and its settings (``results["baselines"]``,
+    written by :func:`~convlstm.evaluation.evaluate_checkpoint`)."""
+    lines = []
+    for name, about in results.get("baselines", {}).items():
+        settings = ", ".join(f"{k} = {v}" for k, v in about.get("settings", {}).items())
+        lines.append(f"{name}: {about.get('method', '')}" + (f" ({settings})" if settings else ""))
+    return lines
+
+
+def _markdown(
+    results: Mapping[str, Any], curves: list[str], gifs: list[str], maps: Sequence[str] = ()
+) -> str:
     lines = ["# Evaluation report", "", f"Dataset: {_dataset_line(results)}.", ""]
     if units := _units_line(results):
         lines += [units, ""]
+    if baselines := _baseline_lines(results):
+        lines += ["## Baselines", ""] + [f"- {b}" for b in baselines] + [""]
     for title, header, rows, best in _tables(results):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row, marks in zip(rows, best, strict=True):
@@ -221,6 +250,9 @@ def _markdown(results: Mapping[str, Any], curves: list[str], gifs: list[str]) ->
     if curves:
         lines += ["## Metrics against lead time", ""]
         lines += [f"![{Path(c).stem}]({c})" for c in curves] + [""]
+    if maps:
+        lines += ["## Rain maps (mm/h)", ""]
+        lines += [f"![{Path(m).stem}]({m})" for m in maps] + [""]
     if gifs:
         lines += ["## Samples (input | truth | forecast | error)", ""]
         lines += [f"![{Path(g).stem}]({g})" for g in gifs] + [""]
@@ -239,6 +271,9 @@ def _provenance(results: Mapping[str, Any]) -> dict[str, Any]:
     if seed is not None and "seed" not in items:
         items["seed"] = seed
     items |= {f"setting {key}": value for key, value in results.get("settings", {}).items()}
+    for line in _baseline_lines(results):
+        name, about = line.split(": ", 1)
+        items[f"baseline {name}"] = about
     return items
 
 
@@ -252,7 +287,13 @@ def _html(results: Mapping[str, Any], curves: dict[str, bytes], gifs: dict[str, 
         units=_units_line(results),
         tables=_tables(results),
         curves=[
-            (path, _metric_label(Path(path).stem.replace("_at_", "@")), data)
+            (
+                path,
+                f"rain maps (mm/h), sequence {int(Path(path).stem.rsplit('_', 1)[1])}"
+                if path.startswith("maps/")
+                else _metric_label(Path(path).stem.replace("_at_", "@")),
+                data,
+            )
             for path, data in curves.items()
         ],
         samples=[
@@ -269,17 +310,38 @@ def _html(results: Mapping[str, Any], curves: dict[str, bytes], gifs: dict[str, 
     )
 
 
+RAIN_CURVE_METRICS = (*CURVE_METRICS, "pod", "far", "hss", "bias")
+"""Metrics drawn against lead time for rain in physical units (``settings.units``): every
+categorical score, once per threshold."""
+
+
+def _axis_label(metric: str, units: str | None) -> str:
+    """The metric's label with its unit (``units`` of the values, e.g. ``"mm/h"``)."""
+    base, _ = _split(metric)
+    label = METRIC_INFO.get(base, (base, "lower"))[0]
+    if units is None or base in ("psnr",):
+        return label
+    if base.startswith("mse"):
+        return f"{label} (({units})²)"
+    if base.startswith("mae"):
+        return f"{label} ({units})"
+    return f"{label} (no unit)"
+
+
 def _curves(results: Mapping[str, Any]) -> dict[str, bytes]:
-    """``curves/<metric>.png`` figures, keyed by relative path."""
+    """``curves/<metric>.png`` figures, keyed by relative path; for rain in physical units
+    (``results["settings"]["units"]``) also POD, FAR, HSS and bias per threshold, with the
+    units on the axes and in the titles."""
     forecasters = results["forecasters"]
+    units = results.get("settings", {}).get("units")
     figures = {}
-    for metric in _ordered_metrics(forecasters, CURVE_METRICS):
+    for metric in _ordered_metrics(forecasters, RAIN_CURVE_METRICS if units else CURVE_METRICS):
         curves = {name: values[metric]["per_lead_time"] for name, values in forecasters.items()}
+        title = _metric_label(metric)
+        if units and _split(metric)[1] is not None:
+            title = f"{title} {units}"
         figures[f"curves/{_file_stem(metric)}.png"] = lead_time_figure(
-            curves,
-            title=_metric_label(metric),
-            ylabel=_metric_label(metric),
-            best=_goal(metric),
+            curves, title=title, ylabel=_axis_label(metric, units), best=_goal(metric)
         )
     return figures
 
@@ -313,9 +375,30 @@ def report_files(results: Mapping[str, Any], samples: Sequence[Sample] = ()) -> 
         )
         for s in samples
     }
-    files["summary.md"] = _markdown(results, list(figures), list(gifs)).encode()
-    files["summary.html"] = _html(results, figures, gifs).encode()
-    return files | figures | gifs
+    maps = _rain_maps(results, samples)
+    files["summary.md"] = _markdown(results, list(figures), list(gifs), list(maps)).encode()
+    files["summary.html"] = _html(results, figures | maps, gifs).encode()
+    return files | figures | gifs | maps
+
+
+def _map_lead_times(horizon: int) -> list[int]:
+    """The lead times the rain maps show: the first, the middle and the last."""
+    return sorted({1, (horizon + 1) // 2, horizon})
+
+
+def _rain_maps(results: Mapping[str, Any], samples: Sequence[Sample]) -> dict[str, bytes]:
+    """``maps/sample_NNNNN.png`` per sample when the values are rain rates in mm/h: the
+    observation, the model's and the other forecasters' forecasts at chosen lead times, on
+    pysteps' colour scale."""
+    if results.get("settings", {}).get("units") != "mm/h":
+        return {}
+    maps = {}
+    for s in samples:
+        rows = {"observation": s.target, "model": s.forecast, **s.others}
+        maps[f"maps/sample_{s.index:05d}.png"] = rain_maps_figure(
+            rows, _map_lead_times(len(s.target)), title=f"sequence {s.index}: rain rate (mm/h)"
+        )
+    return maps
 
 
 def write_report(

@@ -18,7 +18,9 @@ show their first channel. Values are mapped to gray levels linearly from ``[vmin
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -26,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["frame_png", "lead_time_figure", "sequence_gif", "to_uint8"]
+__all__ = ["frame_png", "lead_time_figure", "rain_maps_figure", "sequence_gif", "to_uint8"]
 
 _PANEL_MIN = 128  # panels are enlarged (nearest neighbour, integer factor) to at least this size
 _HEADER = 18  # pixels of label strip above the panels
@@ -187,6 +189,83 @@ def lead_time_figure(
     if curves:
         axes.legend()
     figure.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.91)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# pysteps' rain-rate colour levels (mm/h), used when pysteps is not installed
+_RAIN_LEVELS = (0.08, 0.16, 0.25, 0.4, 0.63, 1, 1.6, 2.5, 4, 6.3, 10, 16, 25, 40, 63, 100, 160)
+
+
+def _rain_colours() -> tuple[Any, Any]:
+    """``(cmap, norm)``: pysteps' rain-rate colour scale in mm/h
+    (``pysteps.visualization.precipfields.get_colormap("intensity", "mm/h", "pysteps")``), or
+    its levels on matplotlib's ``viridis`` without pysteps."""
+    from matplotlib.colors import BoundaryNorm
+
+    try:
+        from convlstm._pysteps import import_pysteps
+
+        import_pysteps()
+        from pysteps.visualization.precipfields import get_colormap
+
+        with warnings.catch_warnings():  # pysteps sets the extremes in a way matplotlib retires
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            cmap, norm, _, _ = get_colormap("intensity", "mm/h", "pysteps")
+        return cmap, norm
+    except ImportError:
+        from matplotlib import colormaps
+
+        cmap = colormaps["viridis"].resampled(len(_RAIN_LEVELS) - 1)
+        cmap = cmap.with_extremes(under="none", bad="gray")
+        return cmap, BoundaryNorm(_RAIN_LEVELS, cmap.N)
+
+
+def rain_maps_figure(
+    rows: Mapping[str, np.ndarray], lead_times: Sequence[int], *, title: str = ""
+) -> bytes:
+    """A PNG grid of rain-rate maps in mm/h on pysteps' colour scale: one row per field
+    (e.g. observation, model, optical flow), one column per lead time, one colour bar.
+
+    Args:
+        rows: name -> ``(T, H, W)`` or ``(T, C, H, W)`` rain rates in mm/h (first channel
+            shown); rain below 0.08 mm/h is left blank and NaN (no data) is grey, as in
+            pysteps.
+        lead_times: 1-based lead times to show (columns).
+        title: the figure's title.
+
+    >>> from PIL import Image
+    >>> rain = np.random.default_rng(0).gamma(0.5, 3.0, (3, 16, 16))
+    >>> png = rain_maps_figure({"observation": rain, "model": rain}, [1, 3])
+    >>> Image.open(io.BytesIO(png)).format
+    'PNG'
+    """
+    if not rows or not lead_times:
+        raise ValueError("rain_maps_figure needs at least one row and one lead time")
+    cmap, norm = _rain_colours()
+    figure = Figure(figsize=(1.9 * len(lead_times) + 1.2, 1.9 * len(rows) + 0.5), dpi=100)
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(len(rows), len(lead_times), squeeze=False)
+    image = None
+    for r, (name, field) in enumerate(rows.items()):
+        frames = np.asarray(field, dtype=np.float64)
+        frames = frames[:, 0] if frames.ndim == 4 else frames
+        for c, lead in enumerate(lead_times):
+            axes = grid[r, c]
+            frame = np.ma.masked_invalid(frames[lead - 1])  # NaN: no data (grey in pysteps)
+            image = axes.imshow(frame, cmap=cmap, norm=norm, interpolation="nearest")
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if r == 0:
+                axes.set_title(f"lead time {lead}", fontsize=9)
+            if c == 0:
+                axes.set_ylabel(name, fontsize=9)
+    assert image is not None  # at least one row and one lead time (checked above)
+    bar = figure.colorbar(image, ax=grid, shrink=0.9, ticks=list(_RAIN_LEVELS[::2]))
+    bar.set_label("rain rate (mm/h)")
+    if title:
+        figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", metadata={"Software": None})
     return buffer.getvalue()

@@ -202,13 +202,19 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_model_source(args: argparse.Namespace, device: str) -> tuple[Any, dict[str, Any]]:
+def load_model_source(
+    args: argparse.Namespace, device: str, *, physical_units: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """``(model, config)`` of ``--checkpoint`` or ``--pretrained`` on ``device``, the config in
-    the checkpoint's form (:func:`convlstm.pretrained.load_pretrained_or_checkpoint`)."""
+    the checkpoint's form (:func:`convlstm.pretrained.load_pretrained_or_checkpoint`; a rain
+    checkpoint's model in mm/h with ``physical_units``)."""
     from convlstm.pretrained import load_pretrained_or_checkpoint
 
     return load_pretrained_or_checkpoint(
-        checkpoint=args.checkpoint, pretrained=args.pretrained, map_location=device
+        checkpoint=args.checkpoint,
+        pretrained=args.pretrained,
+        map_location=device,
+        physical_units=physical_units,
     )
 
 

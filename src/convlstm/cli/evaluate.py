@@ -91,13 +91,17 @@ def _evaluate_command(args: argparse.Namespace) -> None:
     from convlstm.evaluation import evaluate_checkpoint
 
     thresholds = None if args.thresholds is None else parse_numbers(args.thresholds, "--thresholds")
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    unknown = [b for b in baselines if b not in list_baselines()]
+    baselines = (
+        None
+        if args.baselines is None
+        else [b.strip() for b in args.baselines.split(",") if b.strip()]
+    )
+    unknown = [b for b in baselines or () if b not in list_baselines()]
     if unknown:
         raise CliError(
             f"--baselines: unknown {', '.join(unknown)}; valid: {', '.join(list_baselines())}", 2
         )
-    for name in baselines:  # before any work: a missing optional dependency as one line
+    for name in baselines or ():  # before any work: a missing optional dependency as one line
         try:
             get_baseline(name)
         except BaselineUnavailableError as error:
@@ -178,12 +182,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(
-        "--thresholds", metavar="T1,T2,...", help="event thresholds for CSI/POD/FAR/HSS/bias"
+        "--thresholds",
+        metavar="T1,T2,...",
+        help="event thresholds for CSI/POD/FAR/HSS/bias (rain: in mm/h, default 0.5,2,5,10,30)",
     )
     parser.add_argument("--horizon", type=positive_int, help="lead times (default: trained)")
     add_layout(parser)
     parser.add_argument(
-        "--baselines", default="persistence,zeros", help="comma-separated baseline names"
+        "--baselines",
+        help="comma-separated baseline names (default: persistence,zeros; for rain also "
+        "optical_flow,sprog where pysteps is installed)",
     )
     parser.add_argument(
         "--gifs", type=non_negative_int, default=3, help="sequences to animate (default 3, 0: none)"

@@ -76,7 +76,63 @@ def _write_pngs(folder: str, forecast: np.ndarray, vmax: float, overwrite: bool)
                 (tmp / f"sequence_{n:04d}_lead_{k + 1:02d}.png").write_bytes(png)
 
 
+def _predict_archive(args: argparse.Namespace) -> None:
+    """``--out FILE.nc``: nowcast from the latest frames of the radar archive ``--input``
+    (a folder of ODIM/NetCDF files, a NetCDF file or a Zarr store, read in mm/h), written as
+    CF NetCDF with valid and lead times (:func:`convlstm.nowcast.write_cf_netcdf`)."""
+    from convlstm.data.archive import RadarArchive
+    from convlstm.nowcast import write_cf_netcdf
+    from convlstm.units import PhysicalUnits
+
+    if args.png or args.gif or args.layout:
+        raise CliError("--png, --gif and --layout do not apply to a NetCDF forecast (--out .nc)", 2)
+    check_parent(args.out)
+    device = cli_device(args.device)
+    model, config = load_model_source(args, device, physical_units=True)
+    if not isinstance(model, PhysicalUnits):
+        raise CliError(
+            f"--out {args.out}: a CF NetCDF forecast needs a rain checkpoint (trained on radar "
+            "data, carrying its data transform); this one forecasts in its own units"
+        )
+    try:
+        archive = RadarArchive(args.input)
+    except (OSError, ValueError) as error:
+        raise CliError(f"--input {args.input}: not a radar archive ({error})") from None
+    input_len, horizon = config["data"]["input_len"], args.horizon or config["data"]["horizon"]
+    recent = archive.slots[-input_len:]
+    if len(recent) < input_len or (recent < 0).any():
+        raise CliError(
+            f"--input {args.input}: the model needs its last {input_len} frames on the regular "
+            f"{archive.timestep} step without gaps (the archive ends at {archive.times[-1]})"
+        )
+    frames = np.stack([archive.read(int(i)) for i in recent])  # (T, H, W) mm/h, NaN: no data
+    inputs = torch.from_numpy(np.nan_to_num(frames, nan=0.0))[None, :, None].float()
+    try:
+        model.check_frames(inputs)
+    except ValueError as error:
+        raise CliError(f"{args.input}: {error}") from None
+    with torch.no_grad():
+        forecast = model(inputs.to(device), horizon)[0, :, 0].float().cpu().numpy()
+    forecast[:, np.isnan(frames[-1])] = np.nan  # no data in the latest frame: none forecast
+    leads = np.arange(1, horizon + 1) * archive.timestep
+    write_cf_netcdf(
+        args.out,
+        forecast,
+        archive.times[-1] + leads,
+        leads,
+        attrs={"source": f"convlstm predict, model {args.checkpoint or args.pretrained}"},
+        overwrite=args.overwrite,
+    )
+    print(
+        f"forecast ({horizon}, {forecast.shape[1]}, {forecast.shape[2]}) (lead time, y, x) in "
+        f"mm/h from {archive.times[-1]} written to {args.out} as CF NetCDF"
+    )
+
+
 def _predict_command(args: argparse.Namespace) -> None:
+    if str(args.out).endswith(".nc"):
+        _predict_archive(args)
+        return
     check_targets([args.out], args.overwrite, "forecast")
     check_targets([args.png], args.overwrite, "pngs", "--png")
     check_targets([args.gif], args.overwrite, "gif", "--gif")
@@ -88,7 +144,8 @@ def _predict_command(args: argparse.Namespace) -> None:
         if target is not None:
             check_parent(target)  # before any work
     device = cli_device(args.device)
-    model, config = load_model_source(args, device)
+    # a rain model (its checkpoint carries its data transform) forecasts mm/h from mm/h
+    model, config = load_model_source(args, device, physical_units=True)
     data = config.get("data", {})
     shape, dtype = array_header(args.input)
     layout = frames_layout(args.layout, args.input, shape, dtype, data) if shape else args.layout
@@ -126,15 +183,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Forecast the frames after INPUT (a .npy/.npz of (T,H,W), (T,C,H,W), (N,T,H,W), "
             "(T,N,H,W) or (N,T,C,H,W), or a folder of images sorted by name) with a trained "
-            "checkpoint or a pretrained model, and write them in the input's layout and dtype (uint8 in, uint8 out). "
-            "A 4-D array is read as convlstm evaluate reads it (see --layout)."
+            "checkpoint or a pretrained model, and write them in the input's layout and dtype "
+            "(uint8 in, uint8 out). A 4-D array is read as convlstm evaluate reads it (see "
+            "--layout). A rain model whose checkpoint carries its data transform reads and "
+            "writes rain rates in mm/h."
         ),
     )
     add_model_source(parser)
     parser.add_argument(
-        "--input", required=True, metavar="FILE_OR_DIR", help=".npy/.npz file or image folder"
+        "--input",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help=".npy/.npz file or image folder; with --out .nc a radar archive (folder of "
+        "ODIM/NetCDF files, NetCDF file, Zarr store)",
     )
-    parser.add_argument("--out", required=True, metavar="FILE", help="forecast (.npy or .npz)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="forecast (.npy or .npz; .nc: CF NetCDF nowcast from the archive's latest frames)",
+    )
     parser.add_argument(
         "--horizon", type=positive_int, help="frames to forecast (default: trained)"
     )

@@ -40,7 +40,7 @@ __all__ = ["add_parser", "bundled_configs", "resolve_config"]
 
 DEFAULT_CONFIG = "moving_mnist"
 # Datasets read from a file: the dataset option that holds the file, for the final report.
-_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source"}
+_FILE_OPTIONS = {"moving_mnist_file": "path", "array": "source", "radar_archive": "source"}
 
 
 class UsageError(Exception):

@@ -21,10 +21,16 @@ __all__ = ["ContingencyTable", "contingency_counts"]
 
 
 def contingency_counts(
-    pred: Tensor, target: Tensor, thresholds: tuple[float, ...], *, inclusive: bool = True
+    pred: Tensor,
+    target: Tensor,
+    thresholds: tuple[float, ...],
+    *,
+    inclusive: bool = True,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Hits, misses, false alarms and correct negatives of one batch, per threshold and lead
-    time: ``(B, T, C, H, W)`` pairs -> int64 ``(K, T, 4)``. NaN pixels (in either) are left out.
+    time: ``(B, T, C, H, W)`` pairs -> int64 ``(K, T, 4)``. NaN pixels (in either) are left out,
+    and so are pixels where ``mask`` (broadcastable to ``pred``; 1 valid, 0 no data) is 0.
 
     >>> import torch
     >>> pred = torch.tensor([0.0, 2.0, 0.0, 3.0]).reshape(1, 1, 1, 2, 2)
@@ -34,6 +40,8 @@ def contingency_counts(
     """
     is_event = torch.ge if inclusive else torch.gt
     valid = ~(pred.isnan() | target.isnan())
+    if mask is not None:
+        valid = valid & (_checked_mask(mask, pred) > 0)
     dims = (0, *_FRAME_DIMS)
     n_valid = valid.sum(dim=dims)
     rows = []
@@ -47,6 +55,19 @@ def contingency_counts(
     if not rows:
         return torch.zeros(0, pred.shape[1], 4, dtype=torch.int64, device=pred.device)
     return torch.stack(rows)
+
+
+def _checked_mask(mask: Tensor, values: Tensor) -> Tensor:
+    """``mask`` expanded to ``values``' shape, or ``ValueError`` naming both shapes."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    try:
+        return mask.to(values.device).expand(values.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not broadcast to the forecasts' shape "
+            f"{tuple(values.shape)} (B, T, C, H, W)"
+        ) from None
 
 
 class ContingencyTable(LeadTimeMetric):
@@ -121,16 +142,21 @@ class ContingencyTable(LeadTimeMetric):
         return self.counts[..., 3]
 
     @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> Self:  # type: ignore[override]  # chains
-        """Add the counts of one batch; ``pred``, ``target``: ``(B, T, C, H, W)``.
+    def update(  # type: ignore[override]  # chains
+        self, pred: Tensor, target: Tensor, mask: Tensor | None = None
+    ) -> Self:
+        """Add the counts of one batch; ``pred``, ``target``: ``(B, T, C, H, W)``; ``mask``
+        (optional, broadcastable to them, e.g. ``(B, T, 1, H, W)``): pixels where it is 0
+        (no data) are not counted.
 
         Returns:
             ``self``, for chaining.
         """
         _check_pair(pred, target)
-        self._add_to_states(
-            {"counts": contingency_counts(pred, target, self.thresholds, inclusive=self.inclusive)}
+        counts = contingency_counts(
+            pred, target, self.thresholds, inclusive=self.inclusive, mask=mask
         )
+        self._add_to_states({"counts": counts})
         return self
 
     def compute(self) -> dict[str, Tensor]:

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from convlstm.metrics._base import LeadTimeMetric
-from convlstm.metrics.categorical import ContingencyTable, contingency_counts
+from convlstm.metrics.categorical import ContingencyTable, _checked_mask, contingency_counts
 from convlstm.metrics.functional import (
     CATEGORICAL_SCORES,
     DEFAULT_CLIP,
@@ -146,13 +146,26 @@ class ForecastMetrics(LeadTimeMetric):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     @torch.no_grad()
-    def update(self, pred: Tensor, target: Tensor) -> Self:  # type: ignore[override]  # chains
+    def update(  # type: ignore[override]  # chains
+        self, pred: Tensor, target: Tensor, mask: Tensor | None = None
+    ) -> Self:
         """Add one batch; ``pred``, ``target``: ``(B, T, C, H, W)``, ``T`` fixed across batches.
+
+        ``mask`` (optional, broadcastable to them, e.g. ``(B, T, 1, H, W)``; 1 valid, 0 no
+        data) leaves the masked pixels out of every metric, whatever their values: errors are
+        summed over the valid pixels (``*_frame``: per frame, ``*_pixel``: divided by the
+        number of valid pixels), PSNR uses the valid pixels' MSE, SSIM sees 0 in both fields
+        at masked pixels, and the contingency table counts valid pixels only.
 
         Returns:
             ``self``, for chaining.
         """
         clipped, target_ = _prepare(pred, target, self.clip)
+        valid = None
+        if mask is not None:
+            valid = _checked_mask(mask, clipped) > 0
+            zero = torch.zeros((), dtype=clipped.dtype, device=clipped.device)
+            clipped, target_ = torch.where(valid, clipped, zero), torch.where(valid, target_, zero)
         if self.lead_times and pred.shape[1] != self.lead_times:
             raise ValueError(
                 f"expected {self.lead_times} lead times (T) as in earlier updates, "
@@ -168,24 +181,27 @@ class ForecastMetrics(LeadTimeMetric):
                 self._ssim_problem = problem
             ssim = torch.zeros(batch, lead_times, dtype=torch.float64, device=pred.device)
         diff = clipped - target_
-        frame_values = torch.stack(
+        squared = _frame_sums(diff.square())
+        if valid is None:
+            psnr = _frame_psnr(clipped, target_, self.data_range)
+            pixels = torch.full((lead_times,), batch * pred[0, 0].numel(), dtype=torch.int64)
+        else:
+            frame_pixels = _frame_sums(valid.to(torch.float64))
+            mse = squared / frame_pixels.clamp(min=1)  # a frame without data: no error
+            psnr = 10 * torch.log10(self.data_range**2 / mse)
+            pixels = frame_pixels.sum(dim=0).round().to(torch.int64).cpu()
+        frame_values = torch.stack((squared, _frame_sums(diff.abs()), ssim, psnr))
+        counts = torch.stack(
             (
-                _frame_sums(diff.square()),
-                _frame_sums(diff.abs()),
-                ssim,
-                _frame_psnr(clipped, target_, self.data_range),
+                torch.full((lead_times,), batch, dtype=torch.int64),
+                pixels,
+                torch.full((lead_times,), 0 if problem else batch, dtype=torch.int64),
             )
         )
-        counts = torch.tensor(
-            [batch, batch * pred[0, 0].numel(), 0 if problem else batch], dtype=torch.int64
-        )
-        increments = {
-            "sums": frame_values.sum(dim=1),
-            "counts": counts.unsqueeze(1).expand(-1, lead_times),
-        }
+        increments = {"sums": frame_values.sum(dim=1), "counts": counts}
         if self.thresholds is not None:
             increments["table"] = contingency_counts(
-                pred, target, self.thresholds, inclusive=self.inclusive
+                pred, target, self.thresholds, inclusive=self.inclusive, mask=mask
             )
         self._add_to_states(increments)
         return self

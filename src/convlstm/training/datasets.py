@@ -101,7 +101,7 @@ def build_datasets(config: Config, epoch: int = 0) -> tuple[Dataset[Any], Datase
 def _check_frames(config: Config, dataset: Dataset[Any]) -> None:
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ConfigError("data: the training split is empty (data.train_samples, data options)")
-    inputs, _ = dataset[0]
+    inputs = dataset[0][0]  # items may carry a mask after the targets
     options = config.model.options
     channels, height, width = inputs.shape[-3:]
     if channels != options["in_channels"]:

@@ -44,6 +44,7 @@ from convlstm.training.state import (
     save_training_checkpoint,
 )
 from convlstm.training.tensorboard import TrainingBoard, flat_hparams
+from convlstm.units import data_transform
 
 __all__ = ["NonFiniteLossError", "TrainResult", "Trainer"]
 
@@ -105,6 +106,8 @@ class Trainer:
 
         _seed_everything(config.run.seed)
         train_set, self.val_set = build_datasets(config, epoch=0)
+        transform = data_transform(train_set)  # rain data: stored so the model works in mm/h
+        self.data_transform = None if transform is None else transform.to_dict()
         world = ctx.world_size
         if config.optim.batch_size % world:
             raise ConfigError(
@@ -250,11 +253,11 @@ class Trainer:
         # the epoch's running sums start from the checkpoint's (zero at an epoch's start)
         epoch_start = _now() - state.epoch_seconds
         with bar:
-            for inputs, targets in loader:
+            for inputs, targets, *mask in loader:  # a mask when the data have one
                 if state.step >= state.total_steps:
                     break
                 tick = _now()
-                loss = self._step(inputs, targets)
+                loss = self._step(inputs, targets, *mask)
                 if self.on_step is not None:
                     self.on_step(state.step)
                 state.elapsed_s = elapsed()
@@ -299,11 +302,19 @@ class Trainer:
         )
         return float(flags[0]) / self.ctx.world_size, bool(flags[1] > 0), bool(flags[2] > 0)
 
-    def _step(self, inputs: Tensor, targets: Tensor) -> float:
-        """One optimiser step on a batch; returns its loss (NaN if the step was skipped)."""
+    def _step(self, inputs: Tensor, targets: Tensor, mask: Tensor | None = None) -> float:
+        """One optimiser step on a batch; returns its loss (NaN if the step was skipped).
+        ``mask`` ``(B, T_in + T_out, C, H, W)`` (1 valid, 0 no data): the loss ignores the
+        masked pixels."""
         config, state = self.config, self.state
         inputs = inputs.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
+        if mask is not None:
+            mask = mask.to(self.device, non_blocking=True)
+        seen = inputs.shape[1] - 1
+        # the masks go to forecast_loss only when the data have one
+        target_mask = [] if mask is None else [mask[:, seen + 1 :]]
+        input_mask = [] if mask is None else [mask[:, 1 : seen + 1]]
         self.module.train()
         weight = config.optim.input_loss_weight
         with autocast(self.device, self.precision):
@@ -314,10 +325,13 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
-        seen = inputs.shape[1] - 1
-        loss = forecast_loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        loss = forecast_loss(
+            config.optim.loss, pred[:, seen:] if weight else pred, targets, *target_mask
+        )
         if weight:
-            loss = loss + weight * forecast_loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * forecast_loss(
+                config.optim.loss, pred[:, :seen], inputs[:, 1:], *input_mask
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.optim.grad_clip or math.inf
@@ -410,11 +424,15 @@ class Trainer:
             self.val_set, indices, self.config.run.eval_batch_size, self.config.data.num_workers, 0
         )
         total = torch.zeros(2, dtype=torch.float64)
-        for inputs, targets in loader:
+        for inputs, targets, *mask in loader:
             inputs = inputs.to(self.device)
             with autocast(self.device, self.precision):
                 pred = self.model(inputs, targets.shape[1])
-            error = (pred.float().cpu() - targets).square().sum()
+            error = (pred.float().cpu() - targets).square()
+            if mask:  # pixels without data count no error
+                valid = mask[0][:, inputs.shape[1] :] > 0
+                error = torch.where(valid, error, torch.zeros_like(error))
+            error = error.sum()
             total += torch.tensor([float(error), targets.shape[0] * targets.shape[1]])
         total = self.ctx.all_reduce(total)
         return float(total[0] / total[1]) if total[1] else math.nan
@@ -502,4 +520,5 @@ class Trainer:
             self.scheduler,
             self.state,
             self.precision,
+            self.data_transform,
         )

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from convlstm.config import LOSSES
+from convlstm.masking import masked_mae, masked_mean, masked_mse
 
 __all__ = ["forecast_loss"]
 
 
-def forecast_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
+def forecast_loss(kind: str, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     """The training loss ``optim.loss`` between a forecast and its target, in float32.
 
     ``mse`` is the mean squared error over every element; ``mse+l1`` adds the mean absolute
@@ -24,6 +25,9 @@ def forecast_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
         kind: one of :data:`convlstm.config.LOSSES` (``mse``, ``mse+l1``, ``bce``).
         pred: the forecast, any shape (``(B, T, C, H, W)`` in training), any float dtype.
         target: the truth, ``pred``'s shape.
+        mask: 1 where the target has data, 0 where it has none (broadcastable to ``target``,
+            e.g. ``(B, T, 1, H, W)``), or ``None``: the loss is then the mean over the valid
+            pixels only, and pixels without data get no gradient (:mod:`convlstm.masking`).
 
     Returns:
         a scalar float32 tensor.
@@ -35,6 +39,13 @@ def forecast_loss(kind: str, pred: Tensor, target: Tensor) -> Tensor:
     if kind not in LOSSES:
         raise ValueError(f"kind must be one of {', '.join(LOSSES)} (optim.loss), got {kind!r}")
     pred = pred.float()
+    if mask is not None:
+        if kind == "bce":
+            p = pred.clamp(1e-6, 1 - 1e-6)
+            t = torch.where(mask > 0, target, p.detach())  # no data: no loss, no gradient
+            return masked_mean(-(t * torch.log(p) + (1 - t) * torch.log1p(-p)), mask)
+        loss = masked_mse(pred, target, mask)
+        return loss + masked_mae(pred, target, mask) if kind == "mse+l1" else loss
     if kind == "bce":
         p = pred.clamp(1e-6, 1 - 1e-6)
         return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()

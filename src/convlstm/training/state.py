@@ -58,8 +58,13 @@ def save_training_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
     precision: str,
+    data_transform: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint that :func:`load_training_checkpoint` can continue from (atomically)."""
+    """Write a checkpoint that :func:`load_training_checkpoint` can continue from (atomically).
+
+    ``data_transform`` (rain data: ``RainTransform.to_dict()`` of the training data, see
+    :mod:`convlstm.units`) is stored when given, so the loaded model can work in mm/h."""
+    extra = {} if data_transform is None else {"data_transform": data_transform}
     checkpoint = make_checkpoint(
         model,
         config.model.name,
@@ -73,6 +78,7 @@ def save_training_checkpoint(
         rng=capture_rng(),
         trainer=asdict(state),
         precision=precision,
+        **extra,
     )
     return save_checkpoint(path, checkpoint)
 
