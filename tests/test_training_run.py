@@ -15,32 +15,13 @@ import torch
 from convlstm import training
 from convlstm.checkpoint import load_checkpoint, save_checkpoint
 from convlstm.cli import main
-from convlstm.config import Config, apply_overrides, validate_config
+from convlstm.config import Config, validate_config
 from convlstm.models import create_model
 from convlstm.training import budget, train
 from convlstm.training.tensorboard import flat_hparams, forecast_grid
-
-TINY = [
-    "model.hidden_channels=[4]",
-    "model.patch_size=4",
-    "data.options.size=32",
-    "data.input_len=3",
-    "data.horizon=2",
-    "data.train_samples=8",
-    "data.val_samples=4",
-    "optim.batch_size=4",
-    "optim.epochs=2",
-    "optim.warmup_steps=1",
-    "run.progress=false",
-    "run.eval_samples=0",
-    "run.precision=fp32",
-]
+from test_training import TINY, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(*overrides: str) -> Config:
-    return apply_overrides(Config(), [*TINY, *overrides])
 
 
 def rows(out: Path) -> list[dict]:

@@ -19,7 +19,6 @@ overall value. Undefined scores (zero denominators) and infinite PSNR (a perfect
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 import convlstm
 from convlstm._atomic import atomic_dir, check_parent
 from convlstm._checks import check_positive
+from convlstm._deprecated import moved
 from convlstm._outputs import REPORT_MARKER, check_output
 from convlstm.data import ArrayDataset, MovingMNISTFile, get_dataset, list_datasets
 from convlstm.devices import check_device, default_device, inference, model_device
@@ -592,16 +592,7 @@ def _write_report(
         )
 
 
-def __getattr__(name: str) -> Any:
-    """Deprecated aliases of the command-line helpers that moved to :mod:`convlstm.cli`."""
-    moved = {"parse_numbers": "convlstm.cli._args", "add_parser": "convlstm.cli.evaluate"}
-    if name not in moved:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    warnings.warn(
-        f"convlstm.evaluation.{name} moved to {moved[name]}.{name}; the old name will be removed",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(moved[name]), name)
+# command-line helpers that moved to convlstm.cli (deprecated here)
+__getattr__ = moved(
+    __name__, {"parse_numbers": "convlstm.cli._args", "add_parser": "convlstm.cli.evaluate"}
+)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from convlstm._atomic import atomic_dir
+from convlstm._deprecated import moved
 
 __all__ = ["FILES", "FORMATS", "ExportCheckError", "FixedHorizon", "export_model"]
 
@@ -249,16 +250,5 @@ def export_model(
     return results
 
 
-def __getattr__(name: str) -> Any:
-    """``add_parser``, deprecated: the command line moved to :mod:`convlstm.cli.export`."""
-    if name != "add_parser":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        "convlstm.export.add_parser moved to convlstm.cli.export.add_parser; the old name will "
-        "be removed",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    from convlstm.cli.export import add_parser
-
-    return add_parser
+# the command line moved to convlstm.cli.export (deprecated here)
+__getattr__ = moved(__name__, {"add_parser": "convlstm.cli.export"})

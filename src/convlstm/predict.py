@@ -39,12 +39,11 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 import torch
@@ -52,6 +51,7 @@ from torch import Tensor
 
 from convlstm._atomic import atomic_file
 from convlstm._checks import check_choice, check_positive
+from convlstm._deprecated import moved
 from convlstm.data._io import open_npy, open_npz
 from convlstm.devices import inference, model_device
 
@@ -405,15 +405,4 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Deprecated aliases of the names that moved out of this module (see ``_MOVED``)."""
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    warnings.warn(
-        f"convlstm.predict.{name} moved to {_MOVED[name]}.{name}; the old name will be removed",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(importlib.import_module(_MOVED[name]), name)
+__getattr__ = moved(__name__, _MOVED)
