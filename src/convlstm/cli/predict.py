@@ -150,11 +150,11 @@ def _predict_command(args: argparse.Namespace) -> None:
     shape, dtype = array_header(args.input)
     layout = frames_layout(args.layout, args.input, shape, dtype, data) if shape else args.layout
     frames = load_frames(args.input, model.in_channels, layout)
-    check_frames(frames, data.get("input_len"))
-    try:
+    try:  # frames the model cannot take are an error before any warning about them
         model.check_frames(torch.from_numpy(frames.model_range(0, 1)))
     except ValueError as error:
         raise ValueError(f"{frames.source}: {error}") from None
+    check_frames(frames, data.get("input_len"))
     horizon = args.horizon or data["horizon"]
     forecast = forecast_frames(model, frames, horizon, batch_size=args.batch_size, device=device)
     save_forecast(args.out, forecast, frames, overwrite=args.overwrite)
