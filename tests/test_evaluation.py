@@ -243,9 +243,14 @@ def test_resolve_dataset(tmp_path: Path) -> None:
     generated = resolve_dataset("moving_mnist", config)
     assert len(generated) == 4 and generated[0][0].shape == (3, 1, 32, 32)
     assert generated.digits.shape[0] == 1000  # the validation digits
+    assert generated.seed == 1
+    unseen = resolve_dataset("moving_mnist", config, seed=7)
+    assert unseen.seed == 7 and not torch.equal(unseen[0][0], generated[0][0])
     write_moving_mnist(tmp_path / "mm.npy", generated)
     published = resolve_dataset(tmp_path / "mm.npy", config)
     assert isinstance(published, MovingMNISTFile) and len(published) == 4
+    with pytest.raises(ValueError, match="seed applies to generated datasets only"):
+        resolve_dataset(tmp_path / "mm.npy", config, seed=7)
     np.save(tmp_path / "mine.npy", np.zeros((2, 6, 16, 16), np.float32))
     mine = resolve_dataset(tmp_path / "mine.npy", config, layout="samples", horizon=3)
     assert isinstance(mine, ArrayDataset) and mine[0][1].shape == (3, 1, 16, 16)

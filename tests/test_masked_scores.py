@@ -64,7 +64,7 @@ def test_contingency_table_ignores_masked_pixels() -> None:
         ContingencyTable(1.0).update(pred, target, mask[:, :2])
 
 
-@pytest.mark.parametrize("kind", ["mse", "mse+l1", "bce"])
+@pytest.mark.parametrize("kind", ["mse", "l1", "mse+l1", "bce"])
 def test_masked_pixels_change_neither_loss_nor_its_gradient(kind: str) -> None:
     pred, target, mask = _pair(2)
     if kind == "bce":
@@ -82,6 +82,10 @@ def test_masked_pixels_change_neither_loss_nor_its_gradient(kind: str) -> None:
     if kind == "mse":
         valid = mask.numpy() > 0
         expected = np.mean((pred.double().numpy() - target.double().numpy())[valid] ** 2)
+        assert losses[0] == pytest.approx(expected, rel=1e-5)
+    if kind == "l1":
+        valid = mask.numpy() > 0
+        expected = np.mean(np.abs(pred.double().numpy() - target.double().numpy())[valid])
         assert losses[0] == pytest.approx(expected, rel=1e-5)
 
 
@@ -121,6 +125,7 @@ def test_an_archive_run_trains_on_masked_data_and_its_report_states_the_fraction
     out = tmp_path / "run"
     overrides = ["model.hidden_channels=[4]", "model.patch_size=4", "data.name=radar_archive",
                  f"data.options.source={store}", "data.input_len=3", "data.horizon=2",
+                 "data.train_options={}",  # the recipe's 32x32 synthetic training frames
                  "data.train_samples=0", "data.val_samples=0", "optim.batch_size=2",
                  "optim.epochs=1", "optim.warmup_steps=1", "run.progress=false",
                  "run.eval_samples=2", "run.precision=fp32"]  # fmt: skip

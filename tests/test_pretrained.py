@@ -23,6 +23,7 @@ from convlstm import pretrained as pt
 from convlstm.checkpoint import load_model
 from convlstm.config import Config, apply_overrides
 from convlstm.data import get_dataset
+from convlstm.data.transforms import RainTransform
 from convlstm.evaluation import check_fit, evaluate_checkpoint, resolve_dataset
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.pretrained import (
@@ -214,6 +215,26 @@ def test_radar_frames_record_the_transform(tmp_path):
     assert frames["size"] == [16, 16] and "log10(R + 0.01)" in frames["units"]
 
 
+def test_exported_radar_model_works_in_mm_per_hour(tmp_path):
+    run = tmp_path / "radar"
+    overrides = [o for o in TINY_RUN if not o.startswith("data.options")]
+    radar = ["model.name=radar", "data.name=radar", "data.options.size=16"]
+    train(apply_overrides(Config(), [*overrides, *radar, "data.options.transform=log"]), run)
+    folder = export_pretrained(run, tmp_path / "shipped")
+    stored = json.loads((folder / "config.json").read_text())["data_transform"]
+    assert stored["kind"] == "log"
+    rain = get_dataset("radar", num_samples=2, size=16, input_len=3, output_len=2, seed=5)
+    inputs = torch.stack([rain[i][0] for i in range(2)])  # mm/h
+    reference, _ = load_model(run / "best.pt", physical_units=True)
+    model, config = load_pretrained(folder, physical_units=True)
+    assert model.units == "mm/h" and config["data_transform"] == stored
+    torch.testing.assert_close(model(inputs, 2), reference(inputs, 2), rtol=0, atol=0)
+    bare, _ = load_pretrained(folder)  # the network itself, in its training units
+    log = RainTransform("log")
+    assert isinstance(bare, EncoderForecaster)
+    torch.testing.assert_close(log.inverse(bare(log(inputs), 2)), model(inputs, 2), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- card check
 
 
@@ -234,6 +255,9 @@ def _fresh_errors(model: EncoderForecaster, config: dict, metrics: dict) -> np.n
     lead times) of ``model`` on fresh sequences of the dataset its config names."""
     data = config["data"]
     options = {**data.get("options", {}), **data.get("val_options", {})}
+    if config.get("data_transform") is not None:  # a rain model: scored in mm/h, as its card
+        model, _ = load_pretrained(config["folder"], physical_units=True)
+        options.pop("transform", None)
     if data["name"] == "moving_mnist":
         options["digits"] = "val"  # digits the training never saw
     horizon = metrics["dataset"]["horizon"]
@@ -258,6 +282,7 @@ def check_against_card(folder: str | Path) -> None:
     """Fail when the model of ``folder`` scores worse on fresh data than its card says, by more
     than sampling noise."""
     model, config = load_pretrained(folder)
+    config["folder"] = folder
     metrics_path = pt._resolve(folder) / "metrics.json"
     assert metrics_path.is_file(), f"{folder} has no metrics.json: its card states no score"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

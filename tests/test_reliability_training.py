@@ -152,9 +152,9 @@ def test_an_infinite_loss_is_named_and_handled(tmp_path, monkeypatch, policy) ->
     real = training.loop.forecast_loss
     calls = {"n": 0}
 
-    def loss(kind, pred, target):
+    def loss(kind, pred, target, **options):
         calls["n"] += 1
-        value = real(kind, pred, target)
+        value = real(kind, pred, target, **options)
         return value * math.inf if calls["n"] == 4 else value  # step 4: epoch 2, batch 2
 
     monkeypatch.setattr(training.loop, "forecast_loss", loss)

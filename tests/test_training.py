@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from convlstm import _atomic, training
+from convlstm import _atomic, evaluation, training
 from convlstm import checkpoint as ckpt
 from convlstm.checkpoint import (
     CheckpointError,
@@ -37,7 +37,7 @@ from convlstm.config import (
     save_config,
     validate_config,
 )
-from convlstm.models import EncoderForecaster
+from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import (
     NonFiniteLossError,
     TrainingInterrupted,
@@ -175,6 +175,8 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("data.train_samples=100000000000000000000000", "data.train_samples must be in"),
         ("model.residual=true", "model.residual=True needs output_activation"),
         ("model.readout=concat", "optim.input_loss_weight > 0 needs model.readout='top'"),
+        ("optim.quantile=1", r"optim.quantile must be in \(0, 1\), got 1"),
+        ("optim.quantile=0.7", "optim.quantile applies to optim.loss='quantile' only"),
     ],
 )
 def test_validation_names_the_field(override: str, message: str) -> None:
@@ -275,8 +277,10 @@ def test_losses_let_nan_reach_the_nonfinite_policy() -> None:
     pred, target = torch.full((2, 3), 0.25), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     expected = torch.nn.functional.binary_cross_entropy(pred, target)
     torch.testing.assert_close(training.loop.forecast_loss("bce", pred, target), expected)
+    mae = torch.nn.functional.l1_loss(pred, target)
+    torch.testing.assert_close(training.loop.forecast_loss("l1", pred, target), mae)
     pred[0, 0] = math.nan
-    for kind in ("mse", "mse+l1", "bce"):
+    for kind in ("mse", "l1", "mse+l1", "bce"):
         assert math.isnan(float(training.loop.forecast_loss(kind, pred, target)))
 
 
@@ -443,9 +447,9 @@ def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monke
     real_loss = training.loop.forecast_loss
     calls = {"n": 0}
 
-    def flaky(kind, pred, target):
+    def flaky(kind, pred, target, **options):
         calls["n"] += 1
-        loss = real_loss(kind, pred, target)
+        loss = real_loss(kind, pred, target, **options)
         return loss * math.nan if calls["n"] == 3 else loss
 
     monkeypatch.setattr(training.loop, "forecast_loss", flaky)
@@ -491,6 +495,29 @@ def test_time_budget_leaves_room_for_the_final_report(tmp_path: Path, monkeypatc
     monkeypatch.setattr(training.loop.Trainer, "_probe_report", lambda self: 3600.0)
     result = train(tiny(*budget), tmp_path / "no_time")
     assert result.stop_reason == "time_budget" and result.steps < 8
+
+
+def test_rain_report_probe_scores_in_mm_per_hour_with_the_reports_baselines(monkeypatch) -> None:
+    from convlstm.baselines import default_baselines
+    from convlstm.data import SyntheticRadar
+    from convlstm.data.transforms import RainTransform
+
+    calls = []
+
+    def spy(model, data, **kwargs):
+        calls.append((model, data, kwargs["baselines"]))
+
+    monkeypatch.setattr(evaluation, "evaluate", spy)
+    val = SyntheticRadar(num_samples=4, input_len=2, output_len=2, size=16, transform="log")
+    model = create_model("radar", hidden_channels=[4])
+    transform = RainTransform("log")
+    training.budget.probe_report(model, val, torch.device("cpu"), 2, 8, transform)
+    model_seen, data, baselines = calls[-1]
+    assert model_seen.units == "mm/h" and baselines == default_baselines(rain=True)
+    mm_h = SyntheticRadar(num_samples=4, input_len=2, output_len=2, size=16)
+    torch.testing.assert_close(data[1][1], mm_h[1][1], rtol=1e-5, atol=1e-5)
+    training.budget.probe_report(model, val, torch.device("cpu"), 2, 8)
+    assert calls[-1][0] is model and calls[-1][2] == default_baselines(rain=False)
 
 
 def test_tiny_training_learns(tmp_path: Path) -> None:

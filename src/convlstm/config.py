@@ -56,7 +56,7 @@ __all__ = [
     "validate_config",
 ]
 
-LOSSES = ("mse", "mse+l1", "bce")
+LOSSES = ("mse", "l1", "mse+l1", "quantile", "bce")
 SCHEDULES = ("cosine", "linear", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 NONFINITE = ("stop", "skip")
@@ -110,7 +110,9 @@ class OptimConfig:
     ``schedule``: ``cosine`` (linear warm-up over ``warmup_steps``, then cosine decay to
     ``lr * min_lr_ratio``), ``linear`` (the same warm-up, then a straight line down to it),
     ``onecycle`` (:class:`torch.optim.lr_scheduler.OneCycleLR`'s shape)
-    or ``constant`` (after warm-up). ``loss``: ``mse``, ``mse+l1`` or ``bce`` (pixels in [0, 1]).
+    or ``constant`` (after warm-up). ``loss``: ``mse``, ``l1``, ``mse+l1``, ``quantile`` (the
+    pinball loss at ``quantile``, in (0, 1); see :func:`convlstm.training.losses.forecast_loss`)
+    or ``bce`` (pixels in [0, 1]).
     Scheduled sampling feeds the forecaster the ground truth with a probability that decays
     linearly from ``teacher_forcing`` to 0 over ``teacher_forcing_steps`` steps (0: off).
     ``input_loss_weight`` > 0 adds that times the loss of the one-step-ahead predictions of the
@@ -128,6 +130,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     loss: str = "mse"
+    quantile: float = 0.5
     teacher_forcing: float = 0.0
     teacher_forcing_steps: int = 0
     input_loss_weight: float = 0.0
@@ -506,6 +509,13 @@ def validate_config(config: Config) -> Config:
     )
     _require(optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0: off)", optim.grad_clip)
     _require(optim.loss in LOSSES, "optim.loss", f"must be one of {list(LOSSES)}", optim.loss)
+    _require(0 < optim.quantile < 1, "optim.quantile", "must be in (0, 1)", optim.quantile)
+    _require(
+        optim.quantile == 0.5 or optim.loss == "quantile",
+        "optim.quantile",
+        "applies to optim.loss='quantile' only",
+        optim.quantile,
+    )
     if optim.loss == "bce":
         _require(
             options["output_activation"] == "sigmoid",

@@ -314,6 +314,7 @@ def resolve_dataset(
     num_samples: int | None = None,
     horizon: int | None = None,
     layout: str | None = None,
+    seed: int | None = None,
 ) -> Dataset:
     """The dataset named or stored at ``data``, cut like the checkpoint's training data.
 
@@ -335,7 +336,10 @@ def resolve_dataset(
 
     ``config`` is the checkpoint's configuration (``config["data"]["input_len"]`` etc.);
     ``num_samples`` sizes a generated dataset (default ``config["data"]["val_samples"]``);
-    ``horizon`` (default ``config["data"]["horizon"]``) is the number of target frames.
+    ``horizon`` (default ``config["data"]["horizon"]``) is the number of target frames;
+    ``seed`` (default the validation seed, ``config["data"]["val_seed"]``) seeds a generated
+    dataset, so a seed that neither training nor validation used scores the model on sequences
+    it never saw; it is refused for files.
     """
     cfg = config["data"]
     input_len, output_len = cfg["input_len"], horizon or cfg["horizon"]
@@ -343,12 +347,14 @@ def resolve_dataset(
         raise ValueError(f"layout must be one of {', '.join(DATA_LAYOUTS)}, got {layout!r}")
     path = Path(data)
     if path.exists():
+        if seed is not None:
+            raise ValueError(f"seed applies to generated datasets only, not to the file {data}")
         return _file_dataset(path, cfg, input_len, output_len, layout)
     name = normalise_name(str(data))
     if name in GENERATED_DATASETS:
         options: dict[str, Any] = {
             "num_samples": cfg.get("val_samples") or 256,
-            "seed": cfg.get("val_seed", 1),
+            "seed": cfg.get("val_seed", 1) if seed is None else seed,
         }
         if name == "moving_mnist":
             options["digits"] = "val"
@@ -461,6 +467,7 @@ def evaluate_checkpoint(
     data_range: float | None = None,
     progress: bool = True,
     pretrained: str | os.PathLike[str] | None = None,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved checkpoint (or a pretrained model) on ``data`` and write a report
     folder to ``out_dir``.
@@ -469,7 +476,7 @@ def evaluate_checkpoint(
     shipped name or a folder written by :func:`~convlstm.pretrained.save_pretrained`): exactly
     one is given (:func:`~convlstm.pretrained.load_pretrained_or_checkpoint`).
 
-    ``data`` is resolved by :func:`resolve_dataset`; the frames are checked against the model
+    ``data`` (with ``seed``, for generated data) is resolved by :func:`resolve_dataset`; the frames are checked against the model
     (:func:`check_fit`). Data of sigmoid models are taken to lie in [0, 1] (``data_range=1``,
     predictions clipped to [0, 1]); for unbounded models predictions are not clipped and
     ``data_range`` defaults to the largest target value among the first 16 sequences.
@@ -496,7 +503,8 @@ def evaluate_checkpoint(
         FileExistsError: ``out_dir`` exists and ``overwrite`` is false, or it is not a report
             folder (a training run, other files, a link: never replaced), before any work.
         convlstm.checkpoint.CheckpointError: unreadable checkpoint or pretrained folder.
-        ValueError: neither or both of ``checkpoint`` and ``pretrained``; data that cannot be read or do not fit the model.
+        ValueError: neither or both of ``checkpoint`` and ``pretrained``; data that cannot be
+            read or do not fit the model; a ``seed`` for a file.
     """
     from convlstm.pretrained import load_pretrained_or_checkpoint
 
@@ -512,7 +520,7 @@ def evaluate_checkpoint(
     transform = model.transform if isinstance(model, PhysicalUnits) else None
     data_config = config if transform is None else untransformed(config)
     dataset = resolve_dataset(
-        data, data_config, num_samples=num_samples, horizon=horizon, layout=layout
+        data, data_config, num_samples=num_samples, horizon=horizon, layout=layout, seed=seed
     )
     check_fit(model, dataset, str(data))
     # rain: scored in mm/h, unclipped, HKO-7 thresholds, the field's baselines

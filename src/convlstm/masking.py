@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["masked_fraction", "masked_mae", "masked_mean", "masked_mse"]
+__all__ = ["masked_fraction", "masked_mae", "masked_mean", "masked_mse", "masked_pinball"]
 
 
 def _weights(values: Tensor, mask: Tensor | None) -> Tensor | None:
@@ -104,6 +104,31 @@ def masked_mae(prediction: Tensor, target: Tensor, mask: Tensor | None = None) -
         A scalar tensor.
     """
     return masked_mean(_difference(prediction, target, mask).abs(), mask)
+
+
+def masked_pinball(
+    prediction: Tensor, target: Tensor, quantile: float, mask: Tensor | None = None
+) -> Tensor:
+    """Pinball (quantile) loss over the valid pixels: the mean of ``max(q d, (q - 1) d)``
+    with ``d = target - prediction`` and ``q = quantile``; it is least for the ``q``-quantile
+    of the target's distribution (``q = 0.5``: half the absolute error, least at the median).
+
+    Args:
+        prediction, target: the same shape.
+        quantile: ``q`` in (0, 1).
+        mask: broadcastable to them.
+
+    Returns:
+        A scalar tensor.
+
+    >>> import torch
+    >>> round(masked_pinball(torch.zeros(2), torch.tensor([1.0, -1.0]), 0.9).item(), 4)
+    0.5
+    """
+    if not 0 < quantile < 1:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile!r}")
+    under = -_difference(prediction, target, mask)  # > 0 where the forecast is too low
+    return masked_mean(torch.maximum(quantile * under, (quantile - 1) * under), mask)
 
 
 def masked_fraction(mask: Tensor) -> float:

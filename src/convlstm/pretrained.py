@@ -7,7 +7,9 @@ A pretrained folder holds::
     config.json         format, architecture, the model's constructor arguments
                         (``EncoderForecaster(**model_config)``), the registered model name, the
                         data the model expects (input_len, horizon, dataset and its transform),
-                        the frame geometry and value range/units, the weights' SHA-256, and
+                        the frame geometry and value range/units, a rain model's data transform
+                        (``data_transform``: the model then works in mm/h through
+                        :class:`~convlstm.units.PhysicalUnits`), the weights' SHA-256, and
                         (for exported runs) the full training configuration and the card fields
     README.md           the model card: data, compute, command, seed, scores against the
                         baselines with their per-lead-time values
@@ -179,6 +181,7 @@ def save_pretrained(
     card: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    data_transform: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``model`` to ``folder`` in the pretrained layout (see the module docstring),
@@ -195,6 +198,9 @@ def save_pretrained(
             ``seed``, ``limitations``, ``notes``; see :func:`model_card`).
         metrics: evaluation results (``convlstm.evaluation.evaluate``'s) to state on the card.
         training: the full training configuration, kept for reproducibility.
+        data_transform: a rain model's data transform
+            (:meth:`~convlstm.data.transforms.RainTransform.to_dict`), so that loading with
+            ``physical_units=True`` gives a model in mm/h.
         overwrite: replace an existing ``folder``.
 
     Returns:
@@ -222,6 +228,9 @@ def save_pretrained(
         "frames": _frames(model, data),
         "card": dict(card or {}),
         "training": None if training is None else json.loads(json.dumps(training)),
+        "data_transform": None
+        if data_transform is None
+        else json.loads(json.dumps(data_transform)),
         "torch_version": str(torch.__version__),
     }
     with atomic_dir(folder, overwrite=overwrite) as tmp:
@@ -269,7 +278,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
 
 
 def load_pretrained(
-    name_or_folder: str | os.PathLike[str], map_location: Any = "cpu"
+    name_or_folder: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    *,
+    physical_units: bool = False,
 ) -> tuple[EncoderForecaster, dict[str, Any]]:
     """The model of a pretrained folder or shipped name, in eval mode, and its ``config.json``.
 
@@ -277,6 +289,8 @@ def load_pretrained(
         name_or_folder: a folder written by :func:`save_pretrained` (a folder path wins), or a
             name of :func:`list_pretrained`.
         map_location: device for the weights.
+        physical_units: for a rain model (one saved with its ``data_transform``), return it
+            wrapped in :class:`~convlstm.units.PhysicalUnits`: rain rates in mm/h in and out.
 
     Returns:
         ``(model, config)``; ``config["data"]``, ``config["frames"]`` describe the data.
@@ -314,7 +328,18 @@ def load_pretrained(
         raise PretrainedError(str(error)) from None
     model = EncoderForecaster(**config["model_config"])
     model.load_state_dict(state)
-    return model.to(map_location).eval(), config
+    model = model.to(map_location).eval()
+    stored = config.get("data_transform")
+    if physical_units and stored is not None:
+        from convlstm.data.transforms import RainTransform
+        from convlstm.units import PhysicalUnits
+
+        try:
+            transform = RainTransform.from_dict(dict(stored))
+        except (TypeError, ValueError) as error:
+            raise PretrainedError(f"{source} has an invalid data_transform: {error}") from None
+        return PhysicalUnits(model, transform).eval(), config  # type: ignore[return-value]
+    return model, config
 
 
 def load_pretrained_or_checkpoint(
@@ -325,8 +350,9 @@ def load_pretrained_or_checkpoint(
     physical_units: bool = False,
 ) -> tuple[EncoderForecaster, dict[str, Any]]:
     """The model for ``convlstm predict/evaluate``: from a training ``checkpoint`` (as
-    :func:`convlstm.checkpoint.load_model`, ``physical_units`` included: a rain checkpoint's
-    model in mm/h) or a ``pretrained`` name or folder, exactly one.
+    :func:`convlstm.checkpoint.load_model`) or a ``pretrained`` name or folder (as
+    :func:`load_pretrained`), exactly one; with ``physical_units`` a rain model of either
+    source comes in mm/h.
 
     Returns:
         ``(model, config)`` in the checkpoint's form either way: ``config["model"]["name"]``,
@@ -344,7 +370,9 @@ def load_pretrained_or_checkpoint(
     if checkpoint is not None:
         return load_model(checkpoint, map_location=map_location, physical_units=physical_units)
     assert pretrained is not None
-    model, stored = load_pretrained(pretrained, map_location=map_location)
+    model, stored = load_pretrained(
+        pretrained, map_location=map_location, physical_units=physical_units
+    )
     if not stored.get("data"):
         raise PretrainedError(
             f"pretrained {pretrained} does not say what data it expects (no data section in "
@@ -388,7 +416,9 @@ def export_pretrained(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    model, config = load_model(run_dir / checkpoint)
+    model, config = load_model(run_dir / checkpoint, physical_units=True)
+    transform = getattr(model, "transform", None)  # a rain model comes in mm/h: unwrap it
+    model = getattr(model, "model", model)
     report = run_dir / "report" / METRICS_FILE
     metrics = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
     fields = {
@@ -412,6 +442,7 @@ def export_pretrained(
         card=fields,
         metrics=metrics,
         training=training,
+        data_transform=None if transform is None else transform.to_dict(),
         overwrite=overwrite,
     )
 

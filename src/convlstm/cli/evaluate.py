@@ -140,6 +140,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         data_range=args.data_range,
         progress=sys.stderr.isatty(),
         pretrained=args.pretrained,
+        seed=args.seed,
     )
     print(
         f"{results['dataset']['num_sequences']} sequences: {_scores(results)}; report in {args.out}"
@@ -179,6 +180,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")
     parser.add_argument(
         "--num-samples", type=positive_int, help="sequences to score (default: all / val_samples)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        help="seed of a generated DATA (default: the validation seed; another one scores "
+        "sequences that neither training nor validation saw)",
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(

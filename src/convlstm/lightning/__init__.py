@@ -263,9 +263,12 @@ class ForecastModule(L.LightningModule):
             predict_inputs=bool(weight),
         )
         seen = inputs.shape[1] - 1
-        loss = forecast_loss(config.optim.loss, pred[:, seen:] if weight else pred, targets)
+        kind, quantile = config.optim.loss, config.optim.quantile
+        loss = forecast_loss(kind, pred[:, seen:] if weight else pred, targets, quantile=quantile)
         if weight:
-            loss = loss + weight * forecast_loss(config.optim.loss, pred[:, :seen], inputs[:, 1:])
+            loss = loss + weight * forecast_loss(
+                kind, pred[:, :seen], inputs[:, 1:], quantile=quantile
+            )
         self._loss_value = float(loss.detach())
         size = inputs.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from convlstm.data.transforms import RainTransform
 from convlstm.distributed import DistContext
 
 __all__ = ["REPORT_FILES_S", "Budget", "affordable_steps", "probe_report"]
@@ -173,26 +174,40 @@ def probe_report(
     device: torch.device,
     batch_size: int,
     eval_samples: int,
+    transform: RainTransform | None = None,
 ) -> float:
     """Seconds the final report will take: score one batch of validation sequences the way
     :func:`convlstm.evaluation.evaluate` does (the model in float32 and the baselines, SSIM
     and all), scaled to ``eval_samples``, plus :data:`REPORT_FILES_S`: a validation's speed
     (the model alone, maybe in bf16) promises far less than the report takes, and a single cold
-    batch far more. Torch's random state is left as it was."""
+    batch far more. For rain data (``transform``, the data's :class:`RainTransform`) the
+    report scores in mm/h against the field's baselines (pysteps' optical flow and S-PROG cost
+    far more than the model), and so does the probe. Torch's random state is left as it was."""
     from convlstm import evaluation
+    from convlstm.baselines import default_baselines
 
     count = min(batch_size, len(val_set))  # type: ignore[arg-type]
     if not count:
         return REPORT_FILES_S
+    data: Dataset[Any] = Subset(val_set, range(count))
+    if transform is not None:
+        from convlstm.units import PhysicalUnits
+
+        model = PhysicalUnits(model, transform)
+        data = [
+            tuple(transform.inverse(torch.as_tensor(a)) for a in val_set[i][:2])
+            for i in range(count)
+        ]  # type: ignore[assignment]
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # training's random stream stays as it was
         for _ in range(2):  # the second, warm call: one-off costs would be scaled up too
             tick = time.perf_counter()
             evaluation.evaluate(
                 model,
-                Subset(val_set, range(count)),
+                data,
                 batch_size=count,
                 device=device,
+                baselines=default_baselines(rain=transform is not None),
                 progress=False,
             )
             seconds = time.perf_counter() - tick

@@ -29,6 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from convlstm.checkpoint import restore_rng
 from convlstm.config import Config, ConfigError, config_to_dict
+from convlstm.data.transforms import RainTransform
 from convlstm.distributed import DistContext
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import budget as _budget
@@ -325,12 +326,13 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
+        kind, quantile = config.optim.loss, config.optim.quantile
         loss = forecast_loss(
-            config.optim.loss, pred[:, seen:] if weight else pred, targets, *target_mask
+            kind, pred[:, seen:] if weight else pred, targets, *target_mask, quantile=quantile
         )
         if weight:
             loss = loss + weight * forecast_loss(
-                config.optim.loss, pred[:, :seen], inputs[:, 1:], *input_mask
+                kind, pred[:, :seen], inputs[:, 1:], *input_mask, quantile=quantile
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -411,6 +413,7 @@ class Trainer:
             self.device,
             self.config.run.eval_batch_size,
             self.config.run.eval_samples,
+            None if self.data_transform is None else RainTransform.from_dict(self.data_transform),
         )
 
     # -- the end of an epoch
