@@ -507,6 +507,7 @@ def model_card(config: Mapping[str, Any], metrics: Mapping[str, Any] | None = No
     lines += [
         "```python",
         "from convlstm.models import EncoderForecaster",
+        "",
         f'model = EncoderForecaster.from_pretrained("{name}")  # or this folder\'s path',
         "```",
         "",
