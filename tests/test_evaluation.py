@@ -228,6 +228,17 @@ def test_evaluate_checkpoint_generated_data(tmp_path: Path) -> None:
     ]
 
 
+def test_cli_evaluate_seed_scores_other_sequences(tmp_path: Path) -> None:
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    common = ["--checkpoint", str(ckpt), "--data", "moving_mnist", "--num-samples", "2"]
+    scores = []
+    for name, seed in (("val", []), ("same", ["--seed", "1"]), ("other", ["--seed", "5"])):
+        assert _cli([*common, *seed, "--gifs", "0", "--out", str(tmp_path / name)]) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        scores.append(metrics["forecasters"]["persistence"]["mse_frame"]["overall"])
+    assert scores[0] == scores[1] != scores[2]  # the default is the validation seed, 1
+
+
 def test_resolve_dataset(tmp_path: Path) -> None:
     config = {
         "data": {
