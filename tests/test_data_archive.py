@@ -273,17 +273,12 @@ def test_cf_netcdf_single_file_latlon_mm_h(tmp_path):
     assert ds.masked_fraction() == pytest.approx(1 / (H * W))
 
 
-def test_zarr_store_and_crops(tmp_path):
-    xr = pytest.importorskip("xarray")
-    pytest.importorskip("zarr")
+def test_zarr_store_and_crops(zarr_archive):
     rain = np.random.default_rng(1).gamma(0.5, 2.0, size=(8, 20, 24)).astype(np.float32)
     rain[:, :3] = np.nan
-    times = (T0 + np.arange(8) * np.timedelta64(10, "m")).astype("datetime64[ns]")
-    xr.Dataset(
-        {"precip": (("time", "y", "x"), rain, {"units": "mm/h"})}, coords={"time": times}
-    ).to_zarr(tmp_path / "radar.zarr", consolidated=False)
-    full = RadarArchiveDataset(tmp_path / "radar.zarr", input_len=3, output_len=2)
-    cropped = RadarArchiveDataset(tmp_path / "radar.zarr", input_len=3, output_len=2, crop=(5, 7))
+    store, _ = zarr_archive(rain, step_minutes=10)
+    full = RadarArchiveDataset(store, input_len=3, output_len=2)
+    cropped = RadarArchiveDataset(store, input_len=3, output_len=2, crop=(5, 7))
     assert full.archive.timestep == np.timedelta64(600, "s") and len(full) == 4
     seen = set()
     for i in range(len(cropped)):

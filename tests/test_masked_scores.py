@@ -107,21 +107,15 @@ def test_evaluate_ignores_masked_pixels_and_states_their_fraction() -> None:
 
 
 def test_an_archive_run_trains_on_masked_data_and_its_report_states_the_fraction(
-    tmp_path,
+    tmp_path, zarr_archive
 ) -> None:
     import json
 
-    xr = pytest.importorskip("xarray")
-    pytest.importorskip("zarr")
     from convlstm.cli import main
 
     rain = np.random.default_rng(1).gamma(0.5, 2.0, size=(10, 16, 16)).astype(np.float32)
     rain[:, :4] = np.nan  # outside the radar's range
-    times = np.datetime64("2024-05-01T12:00", "ns") + np.arange(10) * np.timedelta64(5, "m")
-    store = tmp_path / "radar.zarr"
-    xr.Dataset(
-        {"precip": (("time", "y", "x"), rain, {"units": "mm/h"})}, coords={"time": times}
-    ).to_zarr(store, consolidated=False)
+    store, _ = zarr_archive(rain)
     out = tmp_path / "run"
     overrides = ["model.hidden_channels=[4]", "model.patch_size=4", "data.name=radar_archive",
                  f"data.options.source={store}", "data.input_len=3", "data.horizon=2",

@@ -194,19 +194,16 @@ def test_the_radar_report_shows_rain_maps(run: Path) -> None:
     assert "rain maps (mm/h), sequence" in (run / "report" / "summary.html").read_text()
 
 
-def test_predict_on_a_radar_archive_writes_cf_netcdf(run: Path, tmp_path: Path) -> None:
+def test_predict_on_a_radar_archive_writes_cf_netcdf(
+    run: Path, tmp_path: Path, zarr_archive
+) -> None:
     xr = pytest.importorskip("xarray")
-    pytest.importorskip("zarr")
     pytest.importorskip("netCDF4")
     raw, config = load_model(run / "best.pt")
     inputs, _ = _mm_h_data(config)
     rain = inputs[0, :, 0].astype(np.float32).copy()  # (3, 32, 32) mm/h
     rain[:, :, :2] = np.nan  # outside the radar's range
-    times = np.datetime64("2024-05-01T12:00", "ns") + np.arange(3) * np.timedelta64(5, "m")
-    store = tmp_path / "radar.zarr"
-    xr.Dataset(
-        {"precip": (("time", "y", "x"), rain, {"units": "mm/h"})}, coords={"time": times}
-    ).to_zarr(store, consolidated=False)
+    store, times = zarr_archive(rain)
     out = tmp_path / "nowcast.nc"
     args = ["predict", "--checkpoint", str(run / "best.pt"), "--input", str(store)]
     assert main([*args, "--out", str(out)]) == 0
