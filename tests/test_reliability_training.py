@@ -149,7 +149,7 @@ def test_skip_policy_skips_the_bad_batch_and_keeps_weights_finite(tmp_path: Path
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_an_infinite_loss_is_named_and_handled(tmp_path, monkeypatch, policy) -> None:
-    real = training.loop.forecast_loss
+    real = training.losses.forecast_loss
     calls = {"n": 0}
 
     def loss(kind, pred, target, **options):
@@ -157,7 +157,7 @@ def test_an_infinite_loss_is_named_and_handled(tmp_path, monkeypatch, policy) ->
         value = real(kind, pred, target, **options)
         return value * math.inf if calls["n"] == 4 else value  # step 4: epoch 2, batch 2
 
-    monkeypatch.setattr(training.loop, "forecast_loss", loss)
+    monkeypatch.setattr(training.losses, "forecast_loss", loss)
     out = tmp_path / "run"
     if policy == "stop":
         with pytest.raises(NonFiniteLossError, match=r"at step 3 \(epoch 2, batch 2 .*loss inf"):

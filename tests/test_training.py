@@ -276,12 +276,12 @@ def test_schedules() -> None:
 def test_losses_let_nan_reach_the_nonfinite_policy() -> None:
     pred, target = torch.full((2, 3), 0.25), torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     expected = torch.nn.functional.binary_cross_entropy(pred, target)
-    torch.testing.assert_close(training.loop.forecast_loss("bce", pred, target), expected)
+    torch.testing.assert_close(training.losses.forecast_loss("bce", pred, target), expected)
     mae = torch.nn.functional.l1_loss(pred, target)
-    torch.testing.assert_close(training.loop.forecast_loss("l1", pred, target), mae)
+    torch.testing.assert_close(training.losses.forecast_loss("l1", pred, target), mae)
     pred[0, 0] = math.nan
     for kind in ("mse", "l1", "mse+l1", "bce"):
-        assert math.isnan(float(training.loop.forecast_loss(kind, pred, target)))
+        assert math.isnan(float(training.losses.forecast_loss(kind, pred, target)))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -444,7 +444,7 @@ def test_resume_tidies_an_interrupted_folder(tmp_path: Path) -> None:
 
 
 def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monkeypatch) -> None:
-    real_loss = training.loop.forecast_loss
+    real_loss = training.losses.forecast_loss
     calls = {"n": 0}
 
     def flaky(kind, pred, target, **options):
@@ -452,7 +452,7 @@ def test_nonfinite_loss_stops_without_saving_the_bad_state(tmp_path: Path, monke
         loss = real_loss(kind, pred, target, **options)
         return loss * math.nan if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(training.loop, "forecast_loss", flaky)
+    monkeypatch.setattr(training.losses, "forecast_loss", flaky)
     out = tmp_path / "run"
     with pytest.raises(
         NonFiniteLossError, match=r"at step 2 \(epoch 2, batch 1 .*last good checkpoint"

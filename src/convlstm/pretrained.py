@@ -39,7 +39,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -47,6 +47,7 @@ from convlstm._atomic import atomic_dir
 from convlstm.checkpoint import CheckpointError, _check_fit, load_model
 from convlstm.models import EncoderForecaster, list_models
 from convlstm.registry import normalise_name
+from convlstm.units import PhysicalUnits, rain_transform
 
 __all__ = [
     "FORMAT_VERSION",
@@ -329,15 +330,11 @@ def load_pretrained(
     model = EncoderForecaster(**config["model_config"])
     model.load_state_dict(state)
     model = model.to(map_location).eval()
-    stored = config.get("data_transform")
-    if physical_units and stored is not None:
-        from convlstm.data.transforms import RainTransform
-        from convlstm.units import PhysicalUnits
-
-        try:
-            transform = RainTransform.from_dict(dict(stored))
-        except (TypeError, ValueError) as error:
-            raise PretrainedError(f"{source} has an invalid data_transform: {error}") from None
+    try:
+        transform = rain_transform(config)  # config.json keeps it as a checkpoint does
+    except (TypeError, ValueError) as error:
+        raise PretrainedError(f"{source} has an invalid data_transform: {error}") from None
+    if physical_units and transform is not None:
         return PhysicalUnits(model, transform).eval(), config  # type: ignore[return-value]
     return model, config
 
@@ -417,8 +414,9 @@ def export_pretrained(
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     model, config = load_model(run_dir / checkpoint, physical_units=True)
-    transform = getattr(model, "transform", None)  # a rain model comes in mm/h: unwrap it
-    model = getattr(model, "model", model)
+    transform = None
+    if isinstance(model, PhysicalUnits):  # a rain model, wrapped to work in mm/h
+        transform, model = model.transform, cast(EncoderForecaster, model.model)
     report = run_dir / "report" / METRICS_FILE
     metrics = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None
     fields = {

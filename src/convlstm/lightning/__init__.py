@@ -74,7 +74,7 @@ from convlstm.lightning.data import (
 )
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import resolve_precision
-from convlstm.training.losses import forecast_loss
+from convlstm.training.losses import training_loss
 from convlstm.training.schedule import Schedule, teacher_forcing
 from convlstm.training.tensorboard import (
     FORECAST_SEQUENCES,
@@ -262,13 +262,7 @@ class ForecastModule(L.LightningModule):
             teacher_forcing=teacher,
             predict_inputs=bool(weight),
         )
-        seen = inputs.shape[1] - 1
-        kind, quantile = config.optim.loss, config.optim.quantile
-        loss = forecast_loss(kind, pred[:, seen:] if weight else pred, targets, quantile=quantile)
-        if weight:
-            loss = loss + weight * forecast_loss(
-                kind, pred[:, :seen], inputs[:, 1:], quantile=quantile
-            )
+        loss = training_loss(config.optim, pred, inputs, targets)
         self._loss_value = float(loss.detach())
         size = inputs.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)

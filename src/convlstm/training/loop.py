@@ -29,13 +29,12 @@ from torch.utils.data.distributed import DistributedSampler
 
 from convlstm.checkpoint import restore_rng
 from convlstm.config import Config, ConfigError, config_to_dict
-from convlstm.data.transforms import RainTransform
 from convlstm.distributed import DistContext
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import budget as _budget
 from convlstm.training import progress, rundir
 from convlstm.training.datasets import batches, build_datasets, is_generated
-from convlstm.training.losses import forecast_loss
+from convlstm.training.losses import training_loss
 from convlstm.training.precision import autocast, resolve_precision
 from convlstm.training.schedule import Schedule, teacher_forcing
 from convlstm.training.signals import Signals, TrainingInterrupted
@@ -107,8 +106,8 @@ class Trainer:
 
         _seed_everything(config.run.seed)
         train_set, self.val_set = build_datasets(config, epoch=0)
-        transform = data_transform(train_set)  # rain data: stored so the model works in mm/h
-        self.data_transform = None if transform is None else transform.to_dict()
+        # rain data: the transform is stored in checkpoints, so the model works in mm/h
+        self.data_transform = data_transform(train_set)
         world = ctx.world_size
         if config.optim.batch_size % world:
             raise ConfigError(
@@ -312,10 +311,6 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         if mask is not None:
             mask = mask.to(self.device, non_blocking=True)
-        seen = inputs.shape[1] - 1
-        # the masks go to forecast_loss only when the data have one
-        target_mask = [] if mask is None else [mask[:, seen + 1 :]]
-        input_mask = [] if mask is None else [mask[:, 1 : seen + 1]]
         self.module.train()
         weight = config.optim.input_loss_weight
         with autocast(self.device, self.precision):
@@ -326,14 +321,7 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
-        kind, quantile = config.optim.loss, config.optim.quantile
-        loss = forecast_loss(
-            kind, pred[:, seen:] if weight else pred, targets, *target_mask, quantile=quantile
-        )
-        if weight:
-            loss = loss + weight * forecast_loss(
-                kind, pred[:, :seen], inputs[:, 1:], *input_mask, quantile=quantile
-            )
+        loss = training_loss(config.optim, pred, inputs, targets, mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.optim.grad_clip or math.inf
@@ -413,7 +401,7 @@ class Trainer:
             self.device,
             self.config.run.eval_batch_size,
             self.config.run.eval_samples,
-            None if self.data_transform is None else RainTransform.from_dict(self.data_transform),
+            self.data_transform,
         )
 
     # -- the end of an epoch
@@ -523,5 +511,5 @@ class Trainer:
             self.scheduler,
             self.state,
             self.precision,
-            self.data_transform,
+            None if self.data_transform is None else self.data_transform.to_dict(),
         )

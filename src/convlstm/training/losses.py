@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from convlstm.config import LOSSES
+from convlstm.config import LOSSES, OptimConfig
 from convlstm.masking import masked_mae, masked_mean, masked_mse, masked_pinball
 
-__all__ = ["forecast_loss"]
+__all__ = ["forecast_loss", "training_loss"]
 
 
 def forecast_loss(
@@ -55,15 +52,46 @@ def forecast_loss(
     pred = pred.float()
     if kind == "bce":
         p = pred.clamp(1e-6, 1 - 1e-6)
-        if mask is None:
-            return -(target * torch.log(p) + (1 - target) * torch.log1p(-p)).mean()
-        t = torch.where(mask > 0, target, p.detach())  # no data: no loss, no gradient
+        # no data: the target is the prediction itself, so no loss and no gradient
+        t = target if mask is None else torch.where(mask > 0, target, p.detach())
         return masked_mean(-(t * torch.log(p) + (1 - t) * torch.log1p(-p)), mask)
     if kind == "quantile":
         return masked_pinball(pred, target, quantile, mask)
-    if mask is None:
-        mse, mae = F.mse_loss, F.l1_loss
-    else:
-        mse, mae = (functools.partial(f, mask=mask) for f in (masked_mse, masked_mae))
-    first, *others = ((mse if term == "mse" else mae)(pred, target) for term in kind.split("+"))
+    first, *others = (
+        (masked_mse if term == "mse" else masked_mae)(pred, target, mask)
+        for term in kind.split("+")
+    )
     return first + sum(others) if others else first
+
+
+def training_loss(
+    optim: OptimConfig, pred: Tensor, inputs: Tensor, targets: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """The loss of one training batch, as ``convlstm train`` and the Lightning module compute
+    it: :func:`forecast_loss` (``optim.loss``, ``optim.quantile``) of the forecast, plus
+    ``optim.input_loss_weight`` times that of the one-step-ahead predictions of the input
+    frames when the weight is > 0.
+
+    Args:
+        optim: the training configuration's ``[optim]`` section.
+        pred: the model's output ``(B, horizon, C, H, W)``, or with a weight > 0
+            (``predict_inputs=True``) ``(B, T_in - 1 + horizon, C, H, W)``: the predictions of
+            input frames 2 to ``T_in``, then the forecast.
+        inputs: ``(B, T_in, C, H, W)``.
+        targets: ``(B, horizon, C, H, W)``.
+        mask: ``(B, T_in + horizon, C, H, W)``, 1 where the data have a value, or ``None``.
+
+    Returns:
+        a scalar float32 tensor.
+    """
+    seen = inputs.shape[1] - 1
+    weight = optim.input_loss_weight
+
+    def loss(part: Tensor, truth: Tensor, frames: slice) -> Tensor:
+        part_mask = None if mask is None else mask[:, frames]
+        return forecast_loss(optim.loss, part, truth, mask=part_mask, quantile=optim.quantile)
+
+    total = loss(pred[:, seen:] if weight else pred, targets, slice(seen + 1, None))
+    if weight:
+        total = total + weight * loss(pred[:, :seen], inputs[:, 1:], slice(1, seen + 1))
+    return total
