@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from convlstm import _gates, bench, fast
-from convlstm.bench import cli, suite, variants
+from convlstm.bench import cli, references, suite, variants
 
 TINY = ["1,3,2,8,4-4,3", "1,1,2,8,4,3,stream"]
 
@@ -36,6 +36,7 @@ def test_suite_runs_checks_and_writes_json(tmp_path):
     assert train["ratios"]["train_convlstm_vs_floor"] > 0
     assert stream["results"]["convlstm_layer"]["forward"]["median_ms"] > 0
     assert "convlstm_cell_vs_naive" in stream["ratios"]
+    assert {"convlstm_cell_vs_openstl", "convlstm_cell_vs_ndrplz"} <= set(stream["ratios"])
     assert report["options"]["tune_malloc"] is False  # the allocator users get, by default
 
 
@@ -252,3 +253,79 @@ def test_torchgeo_gets_our_weights_and_passes_the_check(monkeypatch):
     entry = report["results"]["torchgeo"]
     assert "refused" not in entry and entry["check"]["output"] < 1e-5
     assert entry["train"]["median_ms"] > 0
+
+
+def test_the_peers_compute_our_layers_function():
+    """ndrplz's (torchgeo's) and OpenSTL's cells, written from their code, with our weights give
+    our layer's output in float64; OpenSTL's has no bias, so a layer with one is refused."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 3, 9, 9, dtype=torch.float64)
+    for bias, make in ((True, references.joint_from), (False, references.openstl_from)):
+        layer = variants.make_layer(
+            bench.parse_shape("2,4,3,9,5-4,3"), torch.device("cpu"), bias=bias
+        )
+        layer = layer.double()
+        torch.testing.assert_close(make(layer)(x), layer(x)[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(AssertionError, match="no bias"):
+        references.openstl_from(layer.__class__(3, [4], 3))
+    twin = variants.bias_free_copy(layer)
+    assert all(cell.bias is None for cell in twin.cells)
+    assert torch.equal(twin.cells[0].weight_hh, layer.cells[0].weight_hh)
+
+
+def test_the_peers_are_checked_and_timed_in_fp32_and_bf16():
+    args = argparse.Namespace(
+        compile=False, no_compile=True, no_keras=True, no_torchgeo=True,
+        variants=["convlstm", "convlstm_bf16", "ndrplz", "ndrplz_bf16", "openstl", "openstl_bf16"],
+        rounds=1, no_memory=True,
+    )  # fmt: skip
+    shape = bench.parse_shape(TINY[0])
+    report = suite.bench_train(shape, torch.device("cpu"), args, {"fp32": 1, "bf16": 1})
+    for name in args.variants:
+        entry = report["results"][name]
+        assert "refused" not in entry and entry["train"]["median_ms"] > 0, name
+    ratios = suite._ratios(shape, report["results"])
+    for label in ("train_convlstm_vs_openstl", "train_bf16_convlstm_vs_ndrplz"):
+        assert ratios[label] > 0
+
+
+def test_a_normalised_shape_times_the_floor_with_its_norm():
+    """``norm`` shapes (``main_job_norm``): the floor normalises each step's convolutions as the
+    layer does; the cells without norm (naive, peers, Keras) are left out with a note."""
+    shape = dataclasses.replace(bench.parse_shape(TINY[0]), name="tiny_norm", norm="layer")
+    args = argparse.Namespace(
+        compile=False, no_compile=True, no_keras=False, no_torchgeo=False,
+        variants=["convlstm", "floor", "naive"], rounds=1, no_memory=True,
+    )  # fmt: skip
+    report = suite.bench_train(shape, torch.device("cpu"), args, {"fp32": 1, "bf16": 1})
+    assert set(report["results"]) == {"convlstm", "floor"}
+    assert any("not normalised" in note for note in report["notes"])
+    layer = variants.make_layer(shape, torch.device("cpu"))
+    assert all(cell.norm == "layer" for cell in layer.cells)
+    floor = references.FloorConvs(layer)
+    x = torch.randn(1, 3, 2, 8, 8)
+    with torch.no_grad():
+        first = floor(x)[:, 0]
+        gates = torch.nn.functional.group_norm(
+            layer.cells[0].input_conv(x[:, 0]), 4, layer.cells[0].norm_weight, layer.cells[0].bias
+        )
+        want = layer.cells[1].input_conv(gates[:, :4])
+        want = torch.nn.functional.group_norm(
+            want, 4, layer.cells[1].norm_weight, layer.cells[1].bias
+        )
+    torch.testing.assert_close(first, want[:, :4])
+    assert "norm=layer" in shape.describe()
+
+
+def test_throughput_reports_sequences_per_second_and_memory(tmp_path):
+    out = tmp_path / "throughput.json"
+    args = ["--throughput", "--models", "default", "--batches", "1", "2", "--rounds", "1"]
+    assert cli.main([*args, "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())["default"]
+    assert report["model"] == "moving_mnist" and report["overrides"] == {"norm": "layer"}
+    assert [e["batch"] for e in report["batches"]] == [1, 2]
+    for entry in report["batches"]:
+        assert entry["sequences_per_s"] == pytest.approx(entry["batch"] / entry["median_ms"] * 1e3)
+        assert entry["peak_mb"] > 0
+    assert report["saturating_batch"] in (1, 2)
+    assert cli.main(["--throughput", "--batches", "0"]) == 2

@@ -105,7 +105,10 @@ FRAME = torch.zeros(2, 1, 16, 16)
             _plan.Plan(False, "per_step", False),
         ),
         (_geometry(), 10, {"checkpointed": True}, _plan.Plan(False, "batched", True)),
-        (_geometry(norm="layer"), 1, {}, _plan.Plan(False, "batched", False)),
+        (_geometry(norm="layer"), 1, {}, _plan.Plan(False, "batched", True)),  # no joint conv
+        (_geometry(norm="group"), 10, {}, _plan.Plan(False, "batched", True)),
+        # The node recomputes no normalised gates: per-step checkpoints.
+        (_geometry(norm="layer"), 10, {"checkpointed": True}, _plan.Plan(False, "per_step", False)),
         (_geometry(kernel=2), 1, {}, _plan.Plan(False, "batched", False)),  # even: asymmetric
         (_geometry(activation="relu"), 10, {}, _plan.Plan(False, "batched", False)),
         (_geometry(), 10, {"dtype": torch.float64}, _plan.Plan(False, "batched", False)),
@@ -116,7 +119,7 @@ def test_the_plan_of_a_layer(geometry, steps, options, want):
     assert _plan.plan_layer(geometry, FRAME, steps, **options) == want
 
 
-def test_the_plan_follows_the_switches():
+def test_the_plan_follows_the_switches(monkeypatch):
     g = _geometry()
     with fast.settings(input_conv="joint", channels_last=True):
         assert _plan.plan_layer(g, FRAME, 10, dtype=torch.float32) == _plan.Plan(
@@ -127,7 +130,10 @@ def test_the_plan_follows_the_switches():
     assert plan == _plan.Plan(False, "batched", False)
     big = torch.zeros(8, 1, 64, 64)  # 8 * 8 * 64 * 64 >= CHANNELS_LAST_MIN_WORK
     wide = ConvLSTMCell(1, 8, 3, spatial_dims=2).geometry((64, 64))
-    assert _plan.plan_layer(wide, big, 10, dtype=torch.float32).channels_last
+    for avx512 in (True, False):  # channels-last on CPUs whose kernels use AVX-512 only
+        monkeypatch.setattr(_plan, "CPU_CHANNELS_LAST", avx512)
+        assert _plan.plan_layer(wide, big, 10, dtype=torch.float32).channels_last is avx512
+    assert not _plan.plan_layer(wide, big[:1, :, :16, :16], 10, dtype=torch.float32).channels_last
 
 
 def test_the_cell_describes_its_geometry():

@@ -10,6 +10,7 @@ import copy
 import platform
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -81,11 +82,14 @@ def test_fused_gates_only_overwrite_when_asked():
         {"recompute": True, "chunks": 1, "peephole": "spatial"},
         {"recompute": True, "steps": 5, "state": True, "peephole": "channel"},
         {"recompute": True, "steps": 5, "reverse": True, "mask": True, "state": True},
+        {"norm": 4, "state": True, "peephole": "channel"},
+        {"norm": 8, "reverse": True, "mask": True, "chunks": 1, "peephole": "spatial"},
     ],
 )
 def test_whole_layer_node_gradcheck(options, monkeypatch):
     """The layer-as-one-node (:mod:`convlstm._recurrence`) by finite differences, with gradient
-    chunks of one step and of several, saving the gate activations or recomputing them."""
+    chunks of one step and of several, saving the gate activations or recomputing them, with
+    and without the gates' group norm (``norm``: its groups; the bias is its shift)."""
     monkeypatch.setattr(_recurrence, "CHUNKS", options.get("chunks", 2))
     torch.manual_seed(1)
     steps, batch, cin, channels, stride = options.get("steps", 3), 2, 2, 2, options.get("stride", 1)
@@ -107,14 +111,17 @@ def test_whole_layer_node_gradcheck(options, monkeypatch):
     geometry = cell.geometry(size)
     assert geometry.input_padding == geometry.hh_padding == (1, 1)
     assert geometry.stride == (stride, stride) and geometry.output_size == state_size
-    run = Run(geometry, steps, options.get("reverse", False), options.get("recompute", False))
+    groups = options.get("norm", 0)
+    reverse, recompute = options.get("reverse", False), options.get("recompute", False)
+    run = Run(geometry, steps, reverse, recompute, norm_groups=groups)
+    w_norm = (1 + 0.3 * torch.randn(4 * channels, dtype=F64)).requires_grad_() if groups else None
 
-    def fn(frames, w_ih, bias, w_hh, w_ci, w_cf, w_co, h0, c0):
+    def fn(frames, w_ih, bias, w_hh, w_ci, w_cf, w_co, w_norm, h0, c0):
         st = None if h0 is None else (h0, c0)
-        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
+        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co, w_norm)
         return recurrence(frames, st, weights, mask, run)
 
-    inputs = (frames, w_ih, bias, w_hh, *peepholes, *state)
+    inputs = (frames, w_ih, bias, w_hh, *peepholes, w_norm, *state)
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
 
 
@@ -243,9 +250,28 @@ def test_gate_tanh_in_place_on_a_channel_slice(channels_last):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     act = torch.randn(3, 4 * 5, 6, 7).contiguous(memory_format=fmt)
     want = act.clone()
-    want[:, 10:15] = torch.tanh(want[:, 10:15])
+    want[:, 10:15] = _gates.tanh(want[:, 10:15].contiguous())
     _gates._tanh_(act[:, 10:15])
     assert torch.equal(act, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_gate_tanh_against_float64(dtype):
+    """The gates' tanh (2σ(2x) − 1 in float32 on CPU) is within 2.5e-7 of the float64 tanh and
+    saturates exactly; other dtypes take torch.tanh itself; ``out=`` may alias the input."""
+    x = torch.cat([torch.linspace(-12, 12, _gates.FAST_TANH_MIN), torch.tensor([0.0, 1e-30])])
+    x = torch.cat([x, torch.tensor([-50.0, 50.0])])
+    x = torch.cat([x, torch.tensor([float("inf"), -float("inf")])]).to(dtype)
+    got = _gates.tanh(x)
+    if dtype == torch.float32:
+        error = (got.double() - torch.tanh(x.double())).abs()
+        assert error.max().item() < 2.5e-7
+        assert got[-4:].tolist() == [-1.0, 1.0, 1.0, -1.0]  # at -50, 50, inf, -inf: exactly ±1
+    else:
+        assert torch.equal(got, torch.tanh(x))
+    y = x.clone()
+    assert _gates.tanh(y, out=y) is y and torch.equal(y, got)
+    assert torch.isnan(_gates.tanh(torch.tensor([float("nan")], dtype=dtype))).all()
 
 
 def test_cell_fast_path_equals_plain():
@@ -459,3 +485,75 @@ def test_cuda_plan_takes_channels_last_for_wide_layers_or_autocast(
     frame = types.SimpleNamespace(device=torch.device("cuda"), shape=(8, 16, 16, 16))
     geometry = ConvLSTMCell(16, hidden, 5, spatial_dims=2).geometry(frame.shape[2:])
     assert _plan.use_channels_last(geometry, frame) is want
+
+
+def test_tune_keeps_the_fastest_choice_once_and_restores_the_random_state():
+    calls = []
+
+    def trial(option):
+        calls.append(option["n"])
+        torch.rand(3)  # a trial that draws (recurrent dropout) must not shift the stream
+        deadline = time.perf_counter() + (0.03 if option["n"] == 0 else 0.0)
+        while time.perf_counter() < deadline:
+            pass
+
+    key = (torch.device("cpu"), "test-key")
+    _plan.clear_tuned()
+    state = torch.get_rng_state()
+    assert _plan.tune(key, [{"n": 0}, {"n": 1}], trial) == {"n": 1}
+    assert torch.equal(torch.get_rng_state(), state)
+    assert calls == [0, 0, 1, 1]  # two timings each, the faster counting
+    assert _plan.tune(key, [{"n": 0}, {"n": 1}], trial) == {"n": 1} and len(calls) == 4
+    _plan.clear_tuned()
+
+
+def test_autotune_times_the_choices_of_a_layer_once_without_touching_its_gradients(monkeypatch):
+    """With ``fast.settings(autotune=True)`` each direction of each layer times the plan's
+    alternatives (memory format x input convolution) at its first call of a shape, with no
+    gradient left in ``.grad`` and the same result as the rules' plan; forced choices, small
+    shapes and autotune off time nothing."""
+    monkeypatch.setattr(_plan, "TUNE_MIN_WORK", 0)
+    _plan.clear_tuned()
+    timed = []
+    tune = _plan.tune
+
+    def counting(key, options, trial):
+        if key not in _plan._tuned:
+            timed.append(options)
+        return tune(key, options, trial)
+
+    monkeypatch.setattr(_plan, "tune", counting)
+    torch.manual_seed(0)
+    layer = ConvLSTM2d(2, [4, 3], 3)
+    x = torch.randn(2, 3, 2, 8, 8, requires_grad=True)
+    want, _ = layer(x)
+    with fast.settings(autotune=True):
+        got, _ = layer(x)
+        assert (
+            len(timed) == 2 and len(timed[0]) == 4
+        )  # {standard, channels-last} x {batched, joint}
+        assert x.grad is None and all(p.grad is None for p in layer.parameters())
+        layer(x)
+        assert len(timed) == 2  # kept
+        with torch.no_grad():
+            layer(x)  # inference is its own shape
+        assert len(timed) == 4
+        with fast.settings(channels_last=False):
+            layer(x[:1])
+        assert len(timed) == 4
+    layer(x[:1])
+    assert len(timed) == 4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert x.grad is not None
+    monkeypatch.setattr(_plan, "TUNE_MIN_WORK", 1 << 20)
+    with fast.settings(autotune=True):
+        layer(x[:1, :2])
+    assert len(timed) == 4
+    fast.set_autotune()
+    try:
+        assert fast.current().autotune
+    finally:
+        fast.set_autotune(False)
+    assert not fast.current().autotune
+    _plan.clear_tuned()

@@ -112,7 +112,5 @@ class CellGeometry:
     @functools.cached_property
     def fusable_loop(self) -> bool:
         """Whether the whole-layer node (:mod:`convlstm._recurrence`) computes this cell: the
-        standard gates without ``norm`` and symmetric padding of both convolutions."""
-        return (
-            self.norm is None and self.sigmoid_tanh and self.input_symmetric and self.hh_symmetric
-        )
+        standard gates (with or without ``norm``) and symmetric padding of both convolutions."""
+        return self.sigmoid_tanh and self.input_symmetric and self.hh_symmetric

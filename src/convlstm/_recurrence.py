@@ -22,6 +22,12 @@ its input, ``h`` (the output, held anyway) and the chunks' first ``c``, and the 
 in one call, then step by step from the chunk's first ``h`` and ``c``) before walking back through
 it: one more forward pass of the convolutions, for no saved gate tensor.
 
+With ``norm`` (``Run.norm_groups``: the cell's layer or group norm of the gate
+pre-activations, whose shift is the bias) each step normalises the two convolutions' sum before
+the gates; the node then keeps the sums (what the norm's backward reads) and the activations in
+two buffers, and the norm's mean and reciprocal deviation; backward passes the gates' gradient
+back through the norm before the convolutions. Not with ``recompute``.
+
 Saved tensors are never modified: backward may run twice (``retain_graph=True``). Values and
 gradients equal per-step autograd's up to rounding (``tests/test_fast_paths.py``).
 """
@@ -40,15 +46,22 @@ from convlstm import _gates
 from convlstm._geometry import CellGeometry
 from convlstm._layout import is_channels_last, to_channels_last
 
-__all__ = ["CHUNKS", "Recurrence", "Run", "recurrence"]
+__all__ = ["CHUNKS", "Recurrence", "Run", "Weights", "recurrence"]
 
 _conv_backward = torch.ops.aten.convolution_backward
 # oneDNN's convolution with an "add" post-op, which accumulates into its destination in place
 # (the op inductor uses for conv + add on CPU).
 _conv_add = getattr(torch.ops.mkldnn, "_convolution_pointwise_", None)
+_group_norm_into = torch.ops.aten.native_group_norm.out
+_group_norm_backward = torch.ops.aten.native_group_norm_backward.default
 
 CHUNKS = 4
 """Backward hands the gate gradients to the weight gradients in this many chunks of steps."""
+
+Weights = tuple[
+    Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None
+]
+"""``(W_ih, bias, W_hh, w_ci, w_cf, w_co, w_norm)`` (see :func:`recurrence`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +74,64 @@ class Run:
     steps: int
     reverse: bool = False
     recompute: bool = False
+    norm_groups: int = 0
+    """Groups of the gates' group norm (4: layer norm), 0 without ``norm``."""
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.norm_groups and self.recompute:
+            raise ValueError("the fused node does not recompute normalised gates")
 
     def input_conv(self, frames: Tensor, w_ih: Tensor, bias: Tensor | None) -> Tensor:
-        """The input convolution of ``frames`` ``(N, C_in, *S)`` -> ``(N, 4C, *S')``."""
+        """The input convolution of ``frames`` ``(N, C_in, *S)`` -> ``(N, 4C, *S')``; with
+        ``norm`` the bias is the norm's shift, not the convolution's."""
         g = self.geometry
+        bias = None if self.norm_groups else bias
         return g.conv(frames, w_ih, bias, g.stride, g.input_padding, g.dilation)
+
+
+class _Norm(NamedTuple):
+    """What the steps of a normalised layer write besides ``h`` and ``c``: the normalised gates
+    (then their activations) ``(T, B, 4C, *S')``, and the norm's ``mean`` and ``rstd``, each
+    ``(T, B, G)``; and what it normalises with: the gain ``(4C,)``, the shift (the bias,
+    ``(4C,)`` or ``None``), the groups ``G`` and ``eps``."""
+
+    act: Tensor
+    mean: Tensor
+    rstd: Tensor
+    weight: Tensor | None
+    bias: Tensor | None
+    groups: int
+    eps: float
+
+    @staticmethod
+    def buffers(pre: Tensor, steps: int, weight: Tensor | None, bias: Tensor | None,
+                run: Run) -> _Norm:  # fmt: skip
+        """Empty buffers for the sums ``pre`` ``(N, 4C, *S')`` of a run of ``steps`` steps."""
+        stats = pre.new_empty(2, steps, pre.shape[0] // steps, run.norm_groups)
+        act = torch.empty_like(pre).unflatten(0, (steps, -1))
+        return _Norm(act, stats[0], stats[1], weight, bias, run.norm_groups, run.eps)
+
+    def apply(self, pre: Tensor, slot: int) -> Tensor:
+        """Normalise one step's sums ``pre`` ``(B, 4C, *S')`` into ``act[slot]``; returns it."""
+        batch, channels = pre.shape[:2]
+        _group_norm_into(
+            pre, self.weight, self.bias, batch, channels, pre[0, 0].numel(), self.groups,
+            self.eps, out0=self.act[slot], out1=self.mean[slot], out2=self.rstd[slot],
+        )  # fmt: skip
+        return self.act[slot]
+
+    def backward(self, d: Tensor, pre: Tensor, slot: int, need: tuple[bool, bool]) -> tuple:
+        """Turn ``d`` (the gradient of step ``slot``'s normalised gates) into that of its sums
+        ``pre``, in place; returns the gradients of the gain and the shift (``need`` says which)."""
+        batch, channels = pre.shape[:2]
+        mask = [True, need[0] and self.weight is not None, need[1] and self.bias is not None]
+        dx, dw, db = _group_norm_backward(
+            d, pre, self.mean[slot], self.rstd[slot], self.weight, batch, channels,
+            pre[0, 0].numel(), self.groups, mask,
+        )  # fmt: skip
+        d.copy_(dx)
+        return dw, db
 
 
 class _Saved(NamedTuple):
@@ -114,12 +180,14 @@ def _run_steps(
     geometry: CellGeometry,
     h_out: Sequence[Tensor],
     c_out: Tensor,
+    norm: _Norm | None = None,
 ) -> tuple[Tensor | None, Tensor | None]:
     """Run the consecutive steps ``times``, in that order, from ``state`` ``(h, c)``.
 
     With ``low = min(times)``, step ``t`` adds the recurrent convolution to its pre-activations
-    ``pre[t - low]`` ``(B, 4C, *S')``, overwrites them with the activations and writes its ``h``
-    and ``c`` into ``h_out[t - low]`` and ``c_out[t - low]``. Returns the last ``(h, c)``.
+    ``pre[t - low]`` ``(B, 4C, *S')``, overwrites them with the activations (with ``norm``, it
+    normalises them into ``norm.act[t - low]`` and overwrites those) and writes its ``h`` and
+    ``c`` into ``h_out[t - low]`` and ``c_out[t - low]``. Returns the last ``(h, c)``.
     """
     w_hh, w_ci, w_cf, w_co = weights
     low = min(times)
@@ -128,6 +196,8 @@ def _run_steps(
         step = pre[t - low]
         if h is not None:
             _add_recurrent_conv(step, h if h_mask is None else h * h_mask, w_hh, geometry)
+        if norm is not None:
+            step = norm.apply(step, t - low)
         h, c = _gates.activate(
             step, c, w_ci, w_cf, w_co, h_out=h_out[t - low], c_out=c_out[t - low]
         )
@@ -137,22 +207,23 @@ def _run_steps(
 def _forward(
     frames: Tensor,
     state: tuple[Tensor | None, Tensor | None],
-    weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None],
+    weights: Weights,
     h_mask: Tensor | None,
     run: Run,
     recompute: bool,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
-    """The layer's forward pass: ``(hs, cs, act, c_last)``.
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, _Norm | None]:
+    """The layer's forward pass: ``(hs, cs, act, c_last, norm)``.
 
     ``hs`` ``(N, C, *S')`` holds ``h`` of every step (the output), ``c_last`` ``(B, C, *S')`` the
     final ``c``. Without ``recompute``, ``act`` ``(N, 4C, *S')`` holds every step's activations
-    and ``cs`` ``(T, B, C, *S')`` every ``c``. With it, the input convolution runs a chunk of
-    steps at a time, no more than a chunk of activations exists at once, ``act`` is ``None`` and
-    ``cs`` is what :func:`_chunk_starts` would keep of every ``c``. ``recompute`` overrides
+    (with ``norm``: the convolutions' sums, and ``norm.act`` the activations) and ``cs``
+    ``(T, B, C, *S')`` every ``c``. With it, the input convolution runs a chunk of steps at a
+    time, no more than a chunk of activations exists at once, ``act`` is ``None`` and ``cs`` is
+    what :func:`_chunk_starts` would keep of every ``c``. ``recompute`` overrides
     ``run.recompute`` (without autograd there is nothing to save).
     """
     steps, reverse, geometry = run.steps, run.reverse, run.geometry
-    w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
+    w_ih, bias, w_hh, w_ci, w_cf, w_co, w_norm = weights
     w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
     hh = (w_hh, w_ci, w_cf, w_co)
     channels, batch = w_hh.shape[1], frames.shape[0] // steps
@@ -162,10 +233,11 @@ def _forward(
         h_steps = hs.unflatten(0, (steps, -1))
         c_steps = torch.empty_like(h_steps)
         pre = act.unflatten(0, (steps, -1))
+        norm = _Norm.buffers(act, steps, w_norm, bias, run) if run.norm_groups else None
         times = _order(steps, reverse)
-        _, c = _run_steps(times, pre, state, hh, h_mask, geometry, h_steps, c_steps)
+        _, c = _run_steps(times, pre, state, hh, h_mask, geometry, h_steps, c_steps, norm)
         assert c is not None
-        return hs, c_steps, act, c.clone()
+        return hs, c_steps, act, c.clone(), norm
     x_steps = frames.unflatten(0, (steps, -1))
     groups = _groups(steps, reverse, True)
     runs = groups[::-1]  # the chunks in the order they run
@@ -184,7 +256,7 @@ def _forward(
         times = sorted(group, reverse=reverse)
         h, c = _run_steps(times, pre, (h, c), hh, h_mask, geometry, h_chunk, c_chunk)
     assert c is not None
-    return hs, cs, None, c.clone()
+    return hs, cs, None, c.clone(), None
 
 
 def _chunk_starts(c_steps: Tensor, steps: int, reverse: bool) -> Tensor:
@@ -242,23 +314,31 @@ class Recurrence(torch.autograd.Function):
         w_ci: Tensor | None,
         w_cf: Tensor | None,
         w_co: Tensor | None,
+        w_norm: Tensor | None,
         h_mask: Tensor | None,
         run: Run,
     ) -> tuple[Tensor, Tensor]:
-        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co)
-        hs, cs, act, c_last = _forward(frames, (h0, c0), weights, h_mask, run, run.recompute)
+        weights = (w_ih, bias, w_hh, w_ci, w_cf, w_co, w_norm)
+        hs, cs, act, c_last, norm = _forward(frames, (h0, c0), weights, h_mask, run, run.recompute)
         if not run.recompute:
             cs = _chunk_starts(cs, run.steps, run.reverse)
         ctx.set_materialize_grads(False)
+        stats = (None, None, None) if norm is None else (norm.act, norm.mean, norm.rstd)
         saved = (frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(*saved, w_norm, *stats)
         ctx.run = run
         return hs, c_last
 
     @staticmethod
     def backward(ctx, d_hs: Tensor | None, d_c_last: Tensor | None) -> tuple[Tensor | None, ...]:
-        frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask = ctx.saved_tensors
+        frames, w_ih, bias, act, hs, cs, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask, *rest = (
+            ctx.saved_tensors
+        )
         run: Run = ctx.run
+        w_norm, normed, mean, rstd = rest
+        norm = None
+        if run.norm_groups:
+            norm = _Norm(normed, mean, rstd, w_norm, bias, run.norm_groups, run.eps)
         steps, reverse, recompute, geometry = run.steps, run.reverse, run.recompute, run.geometry
         need = ctx.needs_input_grad
         w_ih, w_hh = _kernels_like(frames, w_ih, w_hh)
@@ -269,7 +349,7 @@ class Recurrence(torch.autograd.Function):
         d_h_steps = None if d_hs is None else d_hs.unflatten(0, (steps, -1))
         peepholes = (w_ci, w_cf, w_co)
         grads: dict[str, Tensor | None] = dict.fromkeys(
-            ("x", "w_ih", "b", "w_hh", "ci", "cf", "co")
+            ("x", "w_ih", "b", "w_hh", "ci", "cf", "co", "norm")
         )
         if need[0]:
             grads["x"] = torch.empty_like(frames)
@@ -280,12 +360,14 @@ class Recurrence(torch.autograd.Function):
         if recompute:
             x_steps, scratch = frames.unflatten(0, (steps, -1)), [torch.empty_like(h_steps[0])]
         else:
-            a_steps = act.unflatten(0, (steps, -1))
+            pre_steps = act.unflatten(0, (steps, -1))  # with norm: the sums it normalised
+            a_steps = pre_steps if norm is None else norm.act
         order = _order(steps, reverse)
         position = {t: k for k, t in enumerate(order)}
         dh_carry = None
         dc = d_c_last
-        saved = _Saved(frames, w_ih, bias, hs, h0, h_mask, w_hh)
+        conv_bias = None if norm is not None else bias
+        saved = _Saved(frames, w_ih, conv_bias, hs, h0, h_mask, w_hh)
         for slot, group in enumerate(groups):
             # A step's slot in the chunk's tensors is its time index minus the group's lowest,
             # so the slots are in time order.
@@ -322,6 +404,10 @@ class Recurrence(torch.autograd.Function):
                 )
                 for name, grad in zip(("ci", "cf", "co"), d_peep, strict=True):
                     _accumulate(grads, name, grad)
+                if norm is not None:
+                    d_gain, d_shift = norm.backward(d_pre, pre_steps[t], t, (need[9], need[2]))
+                    _accumulate(grads, "norm", d_gain)
+                    _accumulate(grads, "b", d_shift)
                 h_prev = h0 if prev is None else h_steps[prev]
                 dh_carry = None
                 if h_prev is not None and (prev is not None or need[3]):
@@ -339,6 +425,7 @@ class Recurrence(torch.autograd.Function):
             grads["ci"],
             grads["cf"],
             grads["co"],
+            grads["norm"],
             None,  # h_mask
             None,  # run
         )
@@ -436,7 +523,7 @@ def _flush(
 def recurrence(
     frames: Tensor,
     state: tuple[Tensor, Tensor] | None,
-    weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None, Tensor | None, Tensor | None],
+    weights: Weights,
     h_mask: Tensor | None,
     run: Run,
 ) -> tuple[Tensor, Tensor]:
@@ -446,9 +533,10 @@ def recurrence(
     Args:
         frames: ``(N, C_in, *S)`` time-major input frames.
         state: initial ``(h, c)``, each ``(B, C, *S')``, or ``None`` for zeros.
-        weights: ``(W_ih, bias, W_hh, w_ci, w_cf, w_co)``: the input kernel ``(4C, C_in, *k)`` and
-            bias ``(4C,)`` (or ``None``), the recurrent kernel ``(4C, C, *k)``, the peepholes
-            (``None`` without).
+        weights: ``(W_ih, bias, W_hh, w_ci, w_cf, w_co, w_norm)``: the input kernel
+            ``(4C, C_in, *k)`` and bias ``(4C,)`` (or ``None``), the recurrent kernel
+            ``(4C, C, *k)``, the peepholes (``None`` without) and the norm's gain ``(4C,)``
+            (``None`` without ``run.norm_groups``).
         h_mask: optional ``(B, C, *S')`` recurrent-dropout mask on ``h``.
         run: the cell's geometry (symmetric padding of both convolutions), the number of steps,
             the direction and whether backward recomputes the gates.
@@ -457,10 +545,10 @@ def recurrence(
         ``(h, c_last)``: ``h`` of every step ``(N, C, *S')``, time-major, and the final ``c``
         ``(B, C, *S')`` (the final ``h`` is ``h``'s last step, or its first if ``reverse``).
     """
-    w_ih, bias, w_hh, w_ci, w_cf, w_co = weights
+    w_ih, bias, w_hh, w_ci, w_cf, w_co, w_norm = weights
     h0, c0 = state if state is not None else (None, None)
-    inputs = (frames, w_ih, bias, h0, c0, w_hh, w_ci, w_cf, w_co, h_mask)
+    inputs = (frames, w_ih, bias, h0, c0, w_hh, w_ci, w_cf, w_co, w_norm, h_mask)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return Recurrence.apply(*inputs, run)
-    hs, _, _, c_last = _forward(frames, (h0, c0), weights, h_mask, run, False)
+    hs, _, _, c_last, _ = _forward(frames, (h0, c0), weights, h_mask, run, False)
     return hs, c_last

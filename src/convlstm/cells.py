@@ -412,6 +412,14 @@ class ConvLSTMCell(nn.Module):
         gates = gates.add_(gates_x) if gates.dtype == gates_x.dtype else gates_x + gates
         return self._gates(gates, c, owned=True)
 
+    @property
+    def gate_groups(self) -> int:
+        """Groups of the gates' group norm: 4 for ``norm="layer"`` (one per gate), ``4 *
+        norm_groups`` for ``"group"``, 0 without ``norm``."""
+        if self.norm is None:
+            return 0
+        return 4 if self.norm == "layer" else 4 * self.norm_groups
+
     def joint_conv_possible(self, spatial_size: Sequence[int]) -> bool:
         """Whether :meth:`joint_step` applies to inputs of spatial size ``*S``: the input
         convolution has the recurrent one's geometry and the bias is not normalised."""
@@ -456,8 +464,7 @@ class ConvLSTMCell(nn.Module):
         if self.norm is not None:
             # The bias is added after the norm: group_norm's per-channel shift. Its output is a
             # new tensor, which the gates may overwrite (group_norm's backward does not read it).
-            groups = 4 if self.norm == "layer" else 4 * self.norm_groups
-            gates = F.group_norm(gates, groups, self.norm_weight, self.bias)
+            gates = F.group_norm(gates, self.gate_groups, self.norm_weight, self.bias)
             owned = True
         if self._fusable(gates, c):
             peepholes = (self.weight_ci, self.weight_cf, self.weight_co)

@@ -31,9 +31,11 @@ from torch import nn
 
 __all__ = [
     "Settings",
+    "allocator_tuned",
     "compile_layer",
     "current",
     "plain",
+    "set_autotune",
     "settings",
     "tune_cpu_allocator",
 ]
@@ -54,16 +56,23 @@ class Settings:
             layers into or out of the channels-last memory format.
         input_conv: ``None`` lets the plan choose; ``"batched"`` convolves the whole sequence at
             once, ``"joint"`` convolves ``[x_t, h]`` with ``[W_ih, W_hh]`` at each step.
+        autotune: time the plan's alternatives (memory format, input convolution) at the first
+            call of each shape and keep the fastest, as ``torch.backends.cudnn.benchmark`` does
+            for convolution algorithms (:func:`convlstm._plan.tune`). Off by default: the first
+            call of a shape takes several times longer, and the choice depends on timings, so
+            two runs may round differently.
     """
 
     fused_gates: bool = True
     fused_loop: bool = True
     channels_last: bool | None = None
     input_conv: str | None = None
+    autotune: bool = False
 
 
 # Process-wide, a module global (which torch.compile can read), as torch.backends' flags are.
 _current = Settings()
+_allocator_tuned = False
 
 
 def current() -> Settings:
@@ -98,6 +107,7 @@ def settings(
     fused_loop: bool | None = None,
     channels_last: bool | None = None,
     input_conv: str | None = None,
+    autotune: bool | None = None,
 ) -> Iterator[Settings]:
     """Force fast-path choices within the block (process-wide, not thread-local).
 
@@ -107,8 +117,15 @@ def settings(
         channels_last: force 2-D layers into (``True``) or out of (``False``) channels-last.
         input_conv: ``"batched"`` (one input convolution per sequence) or ``"joint"`` (one
             convolution of ``[x_t, h]`` per step where the geometry allows it).
+        autotune: ``True`` measures the plan's choices where they are not forced (see
+            :class:`Settings`; :func:`set_autotune` switches it for the whole process).
 
     Arguments left ``None`` keep their current value.
+
+    >>> from convlstm import ConvLSTM2d
+    >>> layer = ConvLSTM2d(1, 8, 3)
+    >>> with settings(autotune=True):
+    ...     out, _ = layer(torch.randn(2, 4, 1, 16, 16))  # small: the rules decide, no timing
 
     Yields:
         The :class:`Settings` in force within the block.
@@ -118,10 +135,18 @@ def settings(
         fused_loop=fused_loop,
         channels_last=channels_last,
         input_conv=input_conv,
+        autotune=autotune,
     )
     changes = {name: value for name, value in given.items() if value is not None}
     with _override(**changes) as now:
         yield now
+
+
+def set_autotune(enabled: bool = True) -> None:
+    """Switch :attr:`Settings.autotune` for the whole process (outside any :func:`settings`
+    block), like ``torch.backends.cudnn.benchmark = True``."""
+    global _current
+    _current = dataclasses.replace(_current, autotune=bool(enabled))
 
 
 @contextlib.contextmanager
@@ -186,4 +211,13 @@ def tune_cpu_allocator() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     ok = mallopt(_M_MMAP_MAX, 0) == 1
-    return bool(ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+    ok = bool(ok and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+    global _allocator_tuned
+    _allocator_tuned = _allocator_tuned or ok
+    return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_cpu_allocator` succeeded in this process (the plan then batches
+    large input convolutions, whose fresh outputs no longer page-fault)."""
+    return _allocator_tuned

@@ -7,6 +7,8 @@ state spatial size (equal to ``*S`` with the default "same" padding and stride 1
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from convlstm import _plan
+from convlstm import _plan, fast
 from convlstm._checks import check_positive, check_probability
 from convlstm._layout import to_channels_last
 from convlstm._recurrence import Run, recurrence
@@ -359,10 +361,17 @@ class ConvLSTM(nn.Module):
         frame = x if repeated else x[:, 0]
         geometry = cell.geometry(frame.shape[2:])
         checkpointed = self.checkpoint_steps and torch.is_grad_enabled()
-        plan = _plan.plan_layer(
-            geometry, frame, steps, dtype=cell.weight_hh.dtype, repeated=repeated,
-            masked=valid is not None, checkpointed=checkpointed,
+        described: dict[str, Any] = dict(
+            dtype=cell.weight_hh.dtype, repeated=repeated, masked=valid is not None,
+            checkpointed=checkpointed,
         )  # fmt: skip
+        key = _plan.tuning_key(geometry, frame, steps, **described)
+        forced: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if key is not None:  # fast.settings(autotune=True): time the choices once per shape
+            trial = functools.partial(self._trial, cell, x, steps, state, valid, reverse)
+            forced = fast.settings(**_plan.tune(key, _plan.choices(geometry), trial))
+        with forced:
+            plan = _plan.plan_layer(geometry, frame, steps, **described)
         channels_last = plan.channels_last
         if channels_last and state is not None:
             state = (to_channels_last(state[0]), to_channels_last(state[1]))
@@ -372,7 +381,9 @@ class ConvLSTM(nn.Module):
             h_mask = F.dropout(frame.new_ones(shape), self.recurrent_dropout, training=True)
             h_mask = to_channels_last(h_mask) if channels_last else h_mask
         if plan.fused:
-            run = Run(geometry, steps, reverse, recompute=checkpointed)
+            run = Run(
+                geometry, steps, reverse, recompute=checkpointed, norm_groups=cell.gate_groups
+            )
             return _run_fused_loop(cell, x, state, h_mask, run, channels_last)
         order = None
         times = range(steps)
@@ -423,6 +434,28 @@ class ConvLSTM(nn.Module):
             out = out[torch.arange(batch, device=x.device)[:, None], order]
         assert state is not None
         return out, state
+
+    def _trial(
+        self,
+        cell: ConvLSTMCell,
+        x: Tensor,
+        steps: int,
+        state: State | None,
+        valid: Tensor | None,
+        reverse: bool,
+        choice: dict[str, Any],
+    ) -> None:
+        """:meth:`_run` on detached copies with ``choice`` forced (:func:`convlstm.fast.settings`),
+        and its backward if autograd is on: one timing of :func:`convlstm._plan.tune`. The
+        gradients are returned by ``torch.autograd.grad``, not accumulated into ``.grad``."""
+        inputs = x.detach().requires_grad_(x.requires_grad)
+        if state is not None:
+            state = (state[0].detach(), state[1].detach())
+        with fast.settings(**choice):
+            out, _ = self._run(cell, inputs, steps, state, valid, reverse)
+        if out.requires_grad:
+            wanted = [t for t in (inputs, *cell.parameters()) if t.requires_grad]
+            torch.autograd.grad(out, wanted, torch.ones_like(out), allow_unused=True)
 
     @staticmethod
     def _reverse_order(
@@ -481,7 +514,7 @@ def _run_fused_loop(
             w.unsqueeze(0).contiguous(memory_format=cl)[0] for w in peepholes if w is not None
         ]
     w_ci, w_cf, w_co = peepholes
-    weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co)
+    weights = (cell.weight_ih, cell.bias, cell.weight_hh, w_ci, w_cf, w_co, cell.norm_weight)
     hs, c_last = recurrence(frames, state, weights, h_mask, run)
     out = hs.unflatten(0, (steps, batch)).transpose(0, 1)
     return out, (out[:, 0 if run.reverse else -1], c_last)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
+import torch
+
+from convlstm._atomic import atomic_write_text
 from convlstm.bench.shapes import SHAPES, parse_shape
-from convlstm.bench.suite import run_suite
+from convlstm.bench.suite import resolve_device, run_suite
+from convlstm.bench.throughput import MODELS, format_throughput, run_throughput
 
 __all__ = ["add_parser", "main"]
 
@@ -62,6 +67,26 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave torchgeo's ConvLSTM out (timed when torchgeo is installed: convlstm[bench])",
     )
+    parser.add_argument(
+        "--throughput",
+        action="store_true",
+        help="instead of the shapes: sequences per second and memory of `predict` by batch size",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(MODELS),
+        default=sorted(MODELS),
+        help="--throughput: the models (default: all)",
+    )
+    parser.add_argument(
+        "--batches",
+        nargs="+",
+        type=int,
+        default=[1, 2, 4, 8, 16, 32],
+        metavar="B",
+        help="--throughput: batch sizes (default 1 2 4 8 16 32)",
+    )
     parser.add_argument("--tf32", action="store_true", help="CUDA: let fp32 use TF32 tensor cores")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
     parser.add_argument(
@@ -79,6 +104,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _handle(args: argparse.Namespace) -> int:
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
+    if args.throughput:
+        if any(b < 1 for b in args.batches):
+            print(f"error: --batches must be positive, got {args.batches}", file=sys.stderr)
+            return 2
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        report = run_throughput(args.models, args.batches, resolve_device(args.device), args.rounds)
+        print(format_throughput(report))
+        if args.json:
+            atomic_write_text(args.json, json.dumps(report, indent=1), overwrite=True)
+        return 0
     try:
         args.shapes = [s.name for s in map(parse_shape, args.shapes)] if args.shapes else None
     except ValueError as error:

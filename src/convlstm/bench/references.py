@@ -11,7 +11,15 @@ Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden ch
   No ConvLSTM can be faster, so it is the floor.
 * :func:`keras_from`: Keras 3 ``ConvLSTM2D`` layers (torch backend) with our weights.
 * :func:`torchgeo_from`: torchgeo's ``ConvLSTM`` (``pip install convlstm[bench]`` pins
-  torchgeo 0.10.1), its own code, with our weights.
+  torchgeo 0.10.1, which needs Python >= 3.12), its own code, with our weights.
+* :class:`JointConvLSTM`: the widely copied ndrplz/ConvLSTM_pytorch cell that torchgeo 0.10.1
+  ships (``torchgeo/models/convlstm.py``): per step ``cat([x_t, h])``, one convolution, split,
+  activations; layer by layer, outputs stacked. Written here from that code's operations, so that
+  the benchmark has torchgeo's computation where torchgeo cannot be installed.
+* :class:`OpenSTLConvLSTM`: OpenSTL's ``ConvLSTMCell`` (``openstl/modules/convlstm_modules.py``,
+  without layer norm: two bias-free convolutions, split, activations) stepped as its
+  ``ConvLSTM_Model`` does (every layer at each step), written here from those operations
+  (OpenSTL is not on PyPI).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from convlstm._layout import to_channels_last
 from convlstm.cells import ConvLSTMCell
@@ -29,17 +38,23 @@ from convlstm.layers import ConvLSTM
 
 __all__ = [
     "FloorConvs",
+    "JointConvLSTM",
     "KerasStack",
     "NaiveCell",
     "NaiveConvLSTM",
+    "OpenSTLConvLSTM",
     "from_keras_layout",
+    "joint_from",
     "keras_from",
     "naive_from",
+    "openstl_from",
     "to_keras_layout",
     "torchgeo_from",
 ]
 
 GATES = "ifco"  # the seed's names for the gates (i, f, g=c, o)
+# torchgeo's cell splits its joint convolution's output as (i, f, o, g); ours is (i, f, g, o).
+_TORCHGEO_GATES = (0, 1, 3, 2)
 
 
 class NaiveCell(nn.Module):
@@ -130,12 +145,150 @@ def naive_from(layer: ConvLSTM) -> NaiveConvLSTM:
     return naive
 
 
+class JointCell(nn.Module):
+    """torchgeo's (ndrplz's) cell: ``forward(x, h, c)``, ``x`` ``(B, C_in, H, W)``, ``h``, ``c``
+    ``(B, C, H, W)`` -> ``(h', c')``; one convolution of ``[x, h]`` whose output channels are the
+    gates in the order (i, f, o, g)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel: int):
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        self.conv = nn.Conv2d(
+            in_channels + hidden_channels, 4 * hidden_channels, kernel, padding=kernel // 2
+        )
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        gates = self.conv(torch.cat([x, h], dim=1))
+        a_i, a_f, a_o, a_g = torch.split(gates, self.hidden_channels, dim=1)
+        i, f, o, g = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.sigmoid(a_o), torch.tanh(a_g)
+        c_next = f * c + i * g
+        return o * torch.tanh(c_next), c_next
+
+
+class JointConvLSTM(nn.Module):
+    """A stack of :class:`JointCell` run layer by layer from zero states, each layer's outputs
+    stacked, as torchgeo's ``ConvLSTM`` runs: ``forward(x)``: ``(B, T, C_in, H, W)`` -> the last
+    layer's ``h`` ``(B, T, C, H, W)``."""
+
+    def __init__(self, in_channels: int, hidden: Sequence[int], kernel: int):
+        super().__init__()
+        channels = [in_channels, *hidden]
+        self.cells = nn.ModuleList(
+            JointCell(channels[i], hidden[i], kernel) for i in range(len(hidden))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for cell in cast("Sequence[JointCell]", self.cells):
+            h = x.new_zeros(x.shape[0], cell.hidden_channels, *x.shape[3:])
+            c = torch.zeros_like(h)
+            outputs = []
+            for t in range(x.shape[1]):
+                h, c = cell(x[:, t], h, c)
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+        return x
+
+
+class OpenSTLCell(nn.Module):
+    """OpenSTL's cell without layer norm: ``forward(x, h, c)`` -> ``(h', c')`` (shapes as
+    :class:`JointCell`), from two bias-free convolutions ``conv_x`` and ``conv_h`` whose output
+    channels are the gates (i, f, g, o)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, kernel: int):
+        super().__init__()
+        self.hidden_channels = hidden_channels
+        pad = kernel // 2
+        self.conv_x = nn.Conv2d(in_channels, 4 * hidden_channels, kernel, padding=pad, bias=False)
+        self.conv_h = nn.Conv2d(
+            hidden_channels, 4 * hidden_channels, kernel, padding=pad, bias=False
+        )
+
+    def forward(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        i_x, f_x, g_x, o_x = torch.split(self.conv_x(x), self.hidden_channels, dim=1)
+        i_h, f_h, g_h, o_h = torch.split(self.conv_h(h), self.hidden_channels, dim=1)
+        i = torch.sigmoid(i_x + i_h)
+        f = torch.sigmoid(f_x + f_h)
+        g = torch.tanh(g_x + g_h)
+        c_new = f * c + i * g
+        o = torch.sigmoid(o_x + o_h)
+        return o * torch.tanh(c_new), c_new
+
+
+class OpenSTLConvLSTM(nn.Module):
+    """A stack of :class:`OpenSTLCell` stepped as OpenSTL's ``ConvLSTM_Model``: at each step
+    every layer in turn, from zero states. ``forward(x)``: ``(B, T, C_in, H, W)`` -> the last
+    layer's ``h`` ``(B, T, C, H, W)``."""
+
+    def __init__(self, in_channels: int, hidden: Sequence[int], kernel: int):
+        super().__init__()
+        channels = [in_channels, *hidden]
+        self.cells = nn.ModuleList(
+            OpenSTLCell(channels[i], hidden[i], kernel) for i in range(len(hidden))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        cells = cast("Sequence[OpenSTLCell]", self.cells)
+        h = [x.new_zeros(x.shape[0], cell.hidden_channels, *x.shape[3:]) for cell in cells]
+        c = [torch.zeros_like(state) for state in h]
+        outputs = []
+        for t in range(x.shape[1]):
+            inp = x[:, t]
+            for index, cell in enumerate(cells):
+                h[index], c[index] = cell(inp, h[index], c[index])
+                inp = h[index]
+            outputs.append(inp)
+        return torch.stack(outputs, dim=1)
+
+
+def _gate_blocks(cell: ConvLSTMCell) -> tuple[list[Tensor], list[Tensor], list[Tensor] | None]:
+    """``cell``'s input and recurrent kernels and bias split by gate (i, f, g, o), after checking
+    that a peer's plain cell computes the same function (2-D, no peepholes or norm, odd kernels,
+    stride 1)."""
+    assert cell.spatial_dims == 2 and cell.peephole is None and cell.norm is None
+    assert all(k % 2 for k in cell.kernel_size) and cell.kernel_size[0] == cell.kernel_size[1]
+    bias = None if cell.bias is None else list(cell.bias.chunk(4))
+    return list(cell.weight_ih.chunk(4)), list(cell.weight_hh.chunk(4)), bias
+
+
+def joint_from(layer: ConvLSTM) -> JointConvLSTM:
+    """A :class:`JointConvLSTM` with ``layer``'s weights (2-D, bias, no peepholes or norm, odd
+    square kernels, stride 1): the same function."""
+    cells = cast("Sequence[ConvLSTMCell]", layer.cells)
+    peer = JointConvLSTM(layer.in_channels, layer.hidden_channels, cells[0].kernel_size[0])
+    peer = peer.to(cells[0].weight_ih)
+    with torch.no_grad():
+        for cell, theirs in zip(cells, cast("Sequence[JointCell]", peer.cells), strict=True):
+            w_ih, w_hh, bias = _gate_blocks(cell)
+            assert bias is not None
+            theirs.conv.weight.copy_(
+                torch.cat([torch.cat([w_ih[g], w_hh[g]], dim=1) for g in _TORCHGEO_GATES])
+            )
+            cast(Tensor, theirs.conv.bias).copy_(torch.cat([bias[g] for g in _TORCHGEO_GATES]))
+    return peer
+
+
+def openstl_from(layer: ConvLSTM) -> OpenSTLConvLSTM:
+    """An :class:`OpenSTLConvLSTM` with ``layer``'s weights (2-D, ``bias=False``, no peepholes
+    or norm, odd square kernels, stride 1): the same function."""
+    cells = cast("Sequence[ConvLSTMCell]", layer.cells)
+    peer = OpenSTLConvLSTM(layer.in_channels, layer.hidden_channels, cells[0].kernel_size[0])
+    peer = peer.to(cells[0].weight_ih)
+    with torch.no_grad():
+        for cell, theirs in zip(cells, cast("Sequence[OpenSTLCell]", peer.cells), strict=True):
+            w_ih, w_hh, bias = _gate_blocks(cell)
+            assert bias is None, "OpenSTL's cell has no bias"
+            theirs.conv_x.weight.copy_(torch.cat(w_ih))
+            theirs.conv_h.weight.copy_(torch.cat(w_hh))
+    return peer
+
+
 class FloorConvs(nn.Module):
     """The convolutions of a :class:`~convlstm.layers.ConvLSTM2d` stack alone, in channels-last.
 
     Per layer: one input convolution of all ``B*T`` frames, then per step ``t > 0`` the recurrent
-    convolution of ``h`` added to the input convolution's step; ``h`` is the first ``C`` channels
-    of that sum (a copy, so that backward keeps ``C`` channels per step, as the real layer must).
+    convolution of ``h`` added to the input convolution's step, normalised if the layer has
+    ``norm``; ``h`` is the first ``C`` channels of that (a copy, so that backward keeps ``C``
+    channels per step, as the real layer must).
 
     ``forward(x)``: ``(B, T, C_in, H, W)`` -> ``(B, T, C, H, W)``.
     """
@@ -151,14 +304,22 @@ class FloorConvs(nn.Module):
             conv = cell.input_conv(to_channels_last(x.flatten(0, 1)))
             gates = conv.view(batch, steps, *conv.shape[1:]).unbind(1)
             channels = cell.hidden_channels
-            h = gates[0][:, :channels].contiguous(memory_format=cl)
+            h = _normed(cell, gates[0])[:, :channels].contiguous(memory_format=cl)
             outputs = [h]
             for t in range(1, steps):
-                h = cell.recurrent_conv(h).add_(gates[t])[:, :channels]
+                h = _normed(cell, cell.recurrent_conv(h).add_(gates[t]))[:, :channels]
                 h = h.contiguous(memory_format=cl)
                 outputs.append(h)
             x = torch.stack([o.movedim(1, -1) for o in outputs], dim=1).movedim(-1, 2)
         return x
+
+
+def _normed(cell: ConvLSTMCell, gates: Tensor) -> Tensor:
+    """``gates`` ``(B, 4C, H, W)`` normalised as ``cell``'s ``norm`` does (with its gain and the
+    bias), or unchanged without ``norm``."""
+    if cell.norm is None:
+        return gates
+    return F.group_norm(gates, cell.gate_groups, cell.norm_weight, cell.bias)
 
 
 class KerasStack:
@@ -215,10 +376,6 @@ def to_keras_layout(x: Tensor) -> Tensor:
 def from_keras_layout(y: Tensor) -> Tensor:
     """``(B, T, H, W, C)`` -> ``(B, T, C, H, W)``."""
     return y.permute(0, 1, 4, 2, 3)
-
-
-# torchgeo's cell splits its joint convolution's output as (i, f, o, g); ours is (i, f, g, o).
-_TORCHGEO_GATES = (0, 1, 3, 2)
 
 
 class TorchgeoStack(nn.Module):

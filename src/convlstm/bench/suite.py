@@ -24,6 +24,7 @@ from convlstm.bench import measure, references
 from convlstm.bench.shapes import FULL, GPU, QUICK, Shape, parse_shape
 from convlstm.bench.variants import (
     Variant,
+    bias_free_copy,
     check,
     first_line,
     make_layer,
@@ -32,6 +33,7 @@ from convlstm.bench.variants import (
     train_variants,
 )
 from convlstm.cells import ConvLSTMCell
+from convlstm.layers import ConvLSTM2d
 
 __all__ = ["bench_stream", "bench_train", "format_shape", "resolve_device", "run_suite"]
 
@@ -134,63 +136,82 @@ def bench_train(
 def bench_stream(
     shape: Shape, device: torch.device, args: argparse.Namespace, peaks: dict[str, float]
 ) -> dict[str, Any]:
+    """One step of a stack from given states, without gradients: the naive cell and the peers
+    (:mod:`convlstm.bench.references`) against our cell and layer computing the same function."""
     torch.manual_seed(0)
     size = (shape.size, shape.size)
     peep = make_layer(shape, device, peephole="spatial")
-    naive = references.naive_from(peep)
+    bare = make_layer(shape, device)
+    bias_free = bias_free_copy(bare)
     x = torch.randn(shape.batch, 1, shape.in_channels, *size, device=device)
     states = [
         tuple(torch.randn(shape.batch, c, *size, device=device) for _ in range(2))
         for c in shape.hidden
     ]
-    cells = cast("list[ConvLSTMCell]", list(peep.cells))
 
-    def naive_step() -> Tensor:
-        inp = x[:, 0]
-        for cell, (h, c) in zip(naive.cells, states, strict=True):
-            inp, _ = cell(inp, h, c)
-        return inp
+    def ours(layer: ConvLSTM2d) -> Callable[[], Tensor]:
+        cells = cast("list[ConvLSTMCell]", list(layer.cells))
 
-    def cell_step() -> Tensor:
-        inp = x[:, 0]
-        for cell, state in zip(cells, states, strict=True):
-            inp, _ = cell(inp, state)
-        return inp
+        def step() -> Tensor:
+            inp = x[:, 0]
+            for cell, state in zip(cells, states, strict=True):
+                inp, _ = cell(inp, state)
+            return inp
 
-    def layer_step() -> Tensor:
-        return peep(x, states)[0][:, 0]
+        return step
+
+    def theirs(peer: torch.nn.Module) -> Callable[[], Tensor]:
+        cells = list(cast(torch.nn.ModuleList, peer.cells))  # forward(x, h, c)
+
+        def step() -> Tensor:
+            inp = x[:, 0]
+            for cell, (h, c) in zip(cells, states, strict=True):
+                inp, _ = cell(inp, h, c)
+            return inp
+
+        return step
+
+    peep_cells = cast("list[ConvLSTMCell]", list(peep.cells))
 
     def floor_step() -> Tensor:
         inp = x[:, 0]
-        for cell, (h, _) in zip(cells, states, strict=True):
+        for cell, (h, _) in zip(peep_cells, states, strict=True):
             inp = cell.recurrent_conv(h).add_(cell.input_conv(inp))[:, : cell.hidden_channels]
         return inp
 
-    cases = {
-        "naive": naive_step,
-        "floor": floor_step,
-        "convlstm_cell": cell_step,
-        "convlstm_layer": layer_step,
+    # name: (step, the plain step it must match)
+    cases: dict[str, tuple[Callable[[], Tensor], Callable[[], Tensor] | None]] = {
+        "naive": (theirs(references.naive_from(peep)), ours(peep)),
+        "floor": (floor_step, None),
+        "convlstm_cell": (ours(peep), ours(peep)),
+        "convlstm_layer": (lambda: peep(x, states)[0][:, 0], ours(peep)),
     }
+    if shape.kernel % 2:
+        cases["ndrplz"] = (theirs(references.joint_from(bare)), ours(bare))
+        cases["convlstm_cell_bare"] = (ours(bare), ours(bare))
+        cases["openstl"] = (theirs(references.openstl_from(bias_free)), ours(bias_free))
+        cases["convlstm_cell_nobias"] = (ours(bias_free), ours(bias_free))
     results: dict[str, Any] = {}
     threads = torch.get_num_threads()
     with torch.no_grad(), _global_settings(threads=args.stream_threads or None):
-        with fast.plain():
-            want = cell_step()
-        for name in ("naive", "convlstm_cell", "convlstm_layer"):
+        for name, (call, reference) in list(cases.items()):
+            if reference is None:
+                results[name] = {}
+                continue
+            with fast.plain():
+                want = reference()
             try:
-                got = cases[name]()
+                got = call()
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
                 results[name] = {"check": {"output": max_error(got, want)}}
             except AssertionError as error:
                 results[name] = {"refused": f"does not match plain: {first_line(error)}"}
                 del cases[name]
-        results["floor"] = {}
-        for call in cases.values():
+        steps = {name: call for name, (call, _) in cases.items()}
+        for call in steps.values():
             call()
         repeat = max(1, args.stream_repeat)
-        # dict(): time_interleaved's dict[str, Callable[[], object]] is invariant in its values.
-        times = measure.time_interleaved(dict(cases), args.rounds, device, repeat=repeat)
+        times = measure.time_interleaved(dict(steps), args.rounds, device, repeat=repeat)
     flops, _ = measure.conv_flops(
         shape.in_channels, shape.hidden, shape.kernel, shape.size, shape.batch, 1, False
     )
@@ -219,6 +240,8 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
         [
             ("convlstm_layer_vs_naive", "convlstm_layer", "naive", "forward"),
             ("convlstm_cell_vs_naive", "convlstm_cell", "naive", "forward"),
+            ("convlstm_cell_vs_ndrplz", "convlstm_cell_bare", "ndrplz", "forward"),
+            ("convlstm_cell_vs_openstl", "convlstm_cell_nobias", "openstl", "forward"),
         ]
         if shape.stream
         else [
@@ -226,6 +249,15 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
             ("train_convlstm_peep_vs_naive", "convlstm_peep", "naive", "train"),
             ("train_convlstm_vs_keras", "convlstm", "keras", "train"),
             ("train_convlstm_vs_torchgeo", "convlstm", "torchgeo", "train"),
+            ("train_convlstm_vs_ndrplz", "convlstm", "ndrplz", "train"),
+            ("train_convlstm_vs_openstl", "convlstm", "openstl", "train"),
+            ("train_convlstm_vs_per_step", "convlstm", "convlstm_per_step", "train"),
+            ("train_tuned_vs_convlstm", "convlstm_tuned", "convlstm", "train"),
+            ("train_tuned_vs_openstl", "convlstm_tuned", "openstl", "train"),
+            ("train_tuned_vs_ndrplz", "convlstm_tuned", "ndrplz", "train"),
+            ("train_bf16_convlstm_vs_torchgeo", "convlstm_bf16", "torchgeo_bf16", "train"),
+            ("train_bf16_convlstm_vs_ndrplz", "convlstm_bf16", "ndrplz_bf16", "train"),
+            ("train_bf16_convlstm_vs_openstl", "convlstm_bf16", "openstl_bf16", "train"),
             ("train_convlstm_vs_plain", "convlstm", "convlstm_plain", "train"),
             ("train_channels_last_vs_nchw", "convlstm", "convlstm_nchw", "train"),
             ("train_nchw_vs_channels_last", "convlstm", "convlstm_cl", "train"),
@@ -239,6 +271,10 @@ def _ratios(shape: Shape, results: dict[str, Any]) -> dict[str, float]:
             ("forward_convlstm_peep_vs_naive", "convlstm_peep", "naive", "forward"),
             ("forward_convlstm_vs_keras", "convlstm", "keras", "forward"),
             ("forward_convlstm_vs_torchgeo", "convlstm", "torchgeo", "forward"),
+            ("forward_convlstm_vs_ndrplz", "convlstm", "ndrplz", "forward"),
+            ("forward_convlstm_vs_openstl", "convlstm", "openstl", "forward"),
+            ("forward_bf16_convlstm_vs_ndrplz", "convlstm_bf16", "ndrplz_bf16", "forward"),
+            ("forward_bf16_convlstm_vs_openstl", "convlstm_bf16", "openstl_bf16", "forward"),
         ]
     )
     ratios = {}

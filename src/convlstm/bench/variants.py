@@ -22,7 +22,16 @@ from convlstm.bench.shapes import Shape
 from convlstm.cells import ConvLSTMCell
 from convlstm.layers import ConvLSTM2d
 
-__all__ = ["NOISE", "TOLERANCE", "Variant", "check", "make_layer", "run_once", "train_variants"]
+__all__ = [
+    "NOISE",
+    "TOLERANCE",
+    "Variant",
+    "bias_free_copy",
+    "check",
+    "make_layer",
+    "run_once",
+    "train_variants",
+]
 
 # (rtol, atol) of the checks against the plain path: fp32 paths differ by summation order only.
 TOLERANCE = {"fp32": (1e-3, 1e-4), "bf16": (0.1, 0.1)}
@@ -52,7 +61,7 @@ def make_layer(shape: Shape, device: torch.device, **options: Any) -> ConvLSTM2d
         {"spatial_size": (shape.size, shape.size)} if options.get("peephole") else {}
     )
     layer = ConvLSTM2d(
-        shape.in_channels, list(shape.hidden), shape.kernel, **spatial, **options
+        shape.in_channels, list(shape.hidden), shape.kernel, norm=shape.norm, **spatial, **options
     ).to(device)
     with torch.no_grad():  # random peepholes and biases, so that no term hides behind a zero
         for p in layer.parameters():
@@ -96,6 +105,19 @@ def train_variants(
         "convlstm_plain": Variant(
             "convlstm_plain", run(layer), own, x, fast.plain, reference="plain", own=True
         ),
+        "convlstm_per_step": Variant(
+            "convlstm_per_step",
+            run(layer),
+            own,
+            x,
+            _forced(fused_loop=False),
+            "fp32",
+            "plain",
+            True,
+        ),
+        "convlstm_tuned": Variant(
+            "convlstm_tuned", run(layer), own, x, _forced(autotune=True), "fp32", "plain", True
+        ),
         "convlstm_bf16": Variant(
             "convlstm_bf16", run(layer), own, x, _autocast(device), "bf16", "plain", own=True
         ),
@@ -106,8 +128,15 @@ def train_variants(
             "convlstm_peep", run(peep), list(peep.parameters()), x, reference="plain_peep"
         ),
     }
-    naive = references.naive_from(peep)
-    variants["naive"] = Variant("naive", naive, list(naive.parameters()), x, reference="plain_peep")
+    notes = []
+    if shape.norm is not None:
+        notes.append("naive cell and peers left out: their gates are not normalised")
+    else:
+        naive = references.naive_from(peep)
+        params = list(naive.parameters())
+        variants["naive"] = Variant("naive", naive, params, x, reference="plain_peep")
+        if shape.kernel % 2:  # the peers pad odd kernels only
+            variants.update(_peers(layer, plain, x, device))
     # The plan's per-shape choices, each against its alternative (same function, timed).
     frame, cell = x[:, 0], cast(ConvLSTMCell, layer.cells[0])
     geometry = cell.geometry(frame.shape[2:])
@@ -137,7 +166,6 @@ def train_variants(
             "plain",
             True,
         )
-    notes = []
     if args.compile or (device.type == "cuda" and not args.no_compile):
         compiled = fast.compile_layer(layer)
         marked = device.type == "cuda"
@@ -150,7 +178,7 @@ def train_variants(
         variants["convlstm_compiled"] = Variant(
             "convlstm_compiled", compiled_run, own, x, reference="plain", own=True, input_grad=False
         )
-    if not args.no_keras:
+    if not args.no_keras and shape.norm is None:
         try:
             stack = references.keras_from(layer, (shape.size, shape.size))
         except (ImportError, RuntimeError) as error:
@@ -164,7 +192,7 @@ def train_variants(
                 kx,
                 reference="plain",
             )
-    if not args.no_torchgeo:
+    if not args.no_torchgeo and shape.norm is None:
         if shape.kernel % 2 == 0:
             notes.append("torchgeo left out: its ConvLSTM pads even kernels differently")
         else:
@@ -173,10 +201,40 @@ def train_variants(
             except ImportError as error:
                 notes.append(f"torchgeo left out: {error} (pip install convlstm[bench])")
             else:
-                variants["torchgeo"] = Variant(
-                    "torchgeo", peer, list(peer.parameters()), x, reference="plain"
+                params = list(peer.parameters())
+                variants["torchgeo"] = Variant("torchgeo", peer, params, x, reference="plain")
+                variants["torchgeo_bf16"] = Variant(
+                    "torchgeo_bf16", peer, params, x, _autocast(device), "bf16", "plain"
                 )
     return variants, notes
+
+
+def bias_free_copy(layer: ConvLSTM2d) -> ConvLSTM2d:
+    """A ``bias=False`` twin of ``layer`` (no peepholes or norm) with its kernels."""
+    first = cast(ConvLSTMCell, layer.cells[0])
+    twin = ConvLSTM2d(
+        layer.in_channels, list(layer.hidden_channels), first.kernel_size, bias=False
+    ).to(first.weight_ih)
+    twin.load_state_dict({k: v for k, v in layer.state_dict().items() if not k.endswith(".bias")})
+    return twin
+
+
+def _peers(
+    layer: ConvLSTM2d, plain: Callable[[str, nn.Module], Variant], x: Tensor, device: torch.device
+) -> dict[str, Variant]:
+    """The peers written from their code (:mod:`convlstm.bench.references`), fp32 and bf16:
+    ``ndrplz`` (torchgeo's cell) computes ``layer``'s function; ``openstl`` has no bias, so it is
+    checked against a bias-free copy of ``layer`` (``plain_nobias``)."""
+    bias_free = bias_free_copy(layer)
+    joint, openstl = references.joint_from(layer), references.openstl_from(bias_free)
+    variants = {"plain_nobias": plain("plain_nobias", bias_free)}
+    for name, peer, reference in (("ndrplz", joint, "plain"), ("openstl", openstl, "plain_nobias")):
+        params = list(peer.parameters())
+        variants[name] = Variant(name, peer, params, x, reference=reference)
+        variants[f"{name}_bf16"] = Variant(
+            f"{name}_bf16", peer, params, x, _autocast(device), "bf16", reference
+        )
+    return variants
 
 
 def max_error(a: Tensor, b: Tensor) -> float:
