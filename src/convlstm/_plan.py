@@ -234,9 +234,10 @@ def tune(
     key: tuple, options: list[dict[str, Any]], trial: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
     """The fastest of ``options`` for ``key``, measured once per process: ``trial(option)`` runs
-    the layer's direction with that option forced (forward, and backward if it trains), twice
-    each, the faster time counting; the random number generators are restored afterwards, so
-    tuning draws no numbers the run would have drawn (recurrent dropout)."""
+    the layer's direction with that option forced (forward, and backward if it trains), once to
+    warm up (oneDNN builds its kernels at a shape's first call) and twice timed, the faster time
+    counting; the random number generators are restored afterwards, so tuning draws no numbers
+    the run would have drawn (recurrent dropout)."""
     chosen = _tuned.get(key)
     if chosen is not None:
         return chosen
@@ -245,6 +246,7 @@ def tune(
     times = []
     with torch.random.fork_rng(devices=[device] if cuda else []):
         for option in options:
+            trial(option)
             best = math.inf
             for _ in range(2):
                 if cuda:
