@@ -143,3 +143,16 @@ def test_the_cell_describes_its_geometry():
     same = ConvLSTMCell(2, 4, 3, spatial_dims=3).geometry((3, 4, 5))
     assert same.joint_possible and same.fusable_loop and same.conv is torch.nn.functional.conv3d
     assert ConvLSTMCell(2, 4, 3, spatial_dims=1).geometry((7,)) is not None
+
+
+def test_sequences_take_the_joint_convolution_where_the_batched_gates_would_be_large(monkeypatch):
+    """On CPU a sequence whose batched input convolution output reaches JOINT_MIN_BYTES takes
+    the joint convolution (glibc maps and page-faults such buffers afresh at every step), unless
+    the allocator was tuned; smaller ones, and other devices, keep the batched convolution."""
+    g = ConvLSTMCell(1, 64, 3, spatial_dims=2).geometry((64, 64))
+    frame = torch.zeros(8, 1, 64, 64)  # 8 * 10 * 256 * 64 * 64 * 4 bytes = 335 MB of gates
+    assert _plan.plan_layer(g, frame, 10, dtype=torch.float32) == _plan.Plan(False, "joint", False)
+    assert _plan.plan_layer(g, frame[:1], 4, dtype=torch.float32).input_conv == "batched"
+    monkeypatch.setattr(fast, "_allocator_tuned", True)
+    assert fast.allocator_tuned()
+    assert _plan.plan_layer(g, frame, 10, dtype=torch.float32).input_conv == "batched"

@@ -340,8 +340,9 @@ class ConvLSTMCell(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
         dtype = self.weight_ih.dtype
-        autocast = torch.is_autocast_enabled(x.device.type)
-        if x.dtype != dtype and (x.dtype == torch.float64 or not autocast):
+        if x.dtype != dtype and (
+            x.dtype == torch.float64 or not torch.is_autocast_enabled(x.device.type)
+        ):
             # torch.nn raises a bare dtype mismatch deep in the convolution; casting silently
             # would drop float64 precision (or hide a half-precision mix-up): say so here.
             raise TypeError(
@@ -486,8 +487,9 @@ class ConvLSTMCell(nn.Module):
         self.check_input(x)
         if state is None:
             return self.step(self.input_conv(x), None)
-        state = self.check_state(state, x.shape[0], self.output_size(x.shape[2:]))
-        if _plan.use_joint_conv(self.geometry(x.shape[2:]), x, steps=1):
+        geometry = self.geometry(x.shape[2:])
+        state = self.check_state(state, x.shape[0], geometry.output_size)
+        if _plan.use_joint_conv(geometry, x, steps=1):
             return self.joint_step(x, state, self.joint_weight())
         return self.step(self.input_conv(x), state)
 
