@@ -199,7 +199,10 @@ def train_variants(
             try:
                 peer = references.torchgeo_from(layer)
             except ImportError as error:
-                notes.append(f"torchgeo left out: {error} (pip install convlstm[bench])")
+                notes.append(
+                    f"torchgeo left out: {error} (pip install convlstm[bench], Python >= 3.12; "
+                    "its cell runs as ndrplz)"
+                )
             else:
                 params = list(peer.parameters())
                 variants["torchgeo"] = Variant("torchgeo", peer, params, x, reference="plain")
