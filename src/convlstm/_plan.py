@@ -132,8 +132,14 @@ def use_joint_conv(geometry: CellGeometry, frame: Tensor, steps: int) -> bool:
         return True
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False  # a test of the batch size would pin a dynamic one in the graph
-    gates = frame.shape[0] * steps * 4 * geometry.hidden_channels * math.prod(geometry.output_size)
+    gates = _gate_elements(geometry, frame, steps)
     return gates * frame.element_size() >= JOINT_MIN_BYTES and not fast.allocator_tuned()
+
+
+def _gate_elements(geometry: CellGeometry, frame: Tensor, steps: int) -> int:
+    """``B * T * 4C_h * prod(S')``: elements of the gates of ``steps`` steps of frames shaped
+    like ``frame`` ``(B, C_in, *S)`` (the batched input convolution's output)."""
+    return frame.shape[0] * steps * 4 * geometry.hidden_channels * math.prod(geometry.output_size)
 
 
 def _use_fused_loop(geometry: CellGeometry, frame: Tensor, dtype: torch.dtype) -> bool:
@@ -211,8 +217,7 @@ def tuning_key(
         or torch.jit.is_tracing()
     ):
         return None
-    work = frame.shape[0] * steps * 4 * geometry.hidden_channels * math.prod(geometry.output_size)
-    if work < TUNE_MIN_WORK:
+    if _gate_elements(geometry, frame, steps) < TUNE_MIN_WORK:
         return None
     device = frame.device.type
     autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None

@@ -25,7 +25,7 @@ Shape legend: ``B`` batch, ``T`` steps, ``C_in`` input channels, ``C`` hidden ch
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import torch
@@ -78,6 +78,7 @@ class NaiveCell(nn.Module):
 
     def __init__(self, in_channels: int, hidden_channels: int, kernel: int, size: tuple[int, ...]):
         super().__init__()
+        self.hidden_channels = hidden_channels
         for g in GATES:
             self.add_module(
                 f"Wx{g}", nn.Conv2d(in_channels, hidden_channels, kernel, padding="same")
@@ -97,7 +98,36 @@ class NaiveCell(nn.Module):
         return co * torch.tanh(cc), cc
 
 
-class NaiveConvLSTM(nn.Module):
+def _stack(
+    make: Callable[[int, int], nn.Module], in_channels: int, hidden: Sequence[int]
+) -> nn.ModuleList:
+    """One cell per layer, ``make(input channels, hidden channels)``, each layer reading the
+    hidden state of the one below."""
+    channels = [in_channels, *hidden]
+    return nn.ModuleList(make(channels[i], hidden[i]) for i in range(len(hidden)))
+
+
+class _LayerByLayer(nn.Module):
+    """A stack of cells (``hidden_channels``; ``cell(x, h, c) -> (h', c')``) run a layer at a
+    time over the whole sequence from zero states, each layer's outputs stacked:
+    ``forward(x)``: ``(B, T, C_in, H, W)`` -> the last layer's ``h`` ``(B, T, C, H, W)``."""
+
+    cells: nn.ModuleList
+
+    def forward(self, x: Tensor) -> Tensor:
+        for cell in self.cells:
+            channels = cast(int, cell.hidden_channels)
+            h = x.new_zeros(x.shape[0], channels, *x.shape[3:])
+            c = torch.zeros_like(h)
+            outputs = []
+            for t in range(x.shape[1]):
+                h, c = cell(x[:, t], h, c)
+                outputs.append(h)
+            x = torch.stack(outputs, dim=1)
+        return x
+
+
+class NaiveConvLSTM(_LayerByLayer):
     """A stack of :class:`NaiveCell` stepped frame by frame from zero states, like the seed.
 
     ``forward(x)``: ``x`` ``(B, T, C_in, H, W)`` -> the last layer's ``h`` ``(B, T, C, H, W)``.
@@ -105,21 +135,7 @@ class NaiveConvLSTM(nn.Module):
 
     def __init__(self, in_channels: int, hidden: list[int], kernel: int, size: tuple[int, ...]):
         super().__init__()
-        channels = [in_channels, *hidden]
-        self.cells = nn.ModuleList(
-            NaiveCell(channels[i], hidden[i], kernel, size) for i in range(len(hidden))
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        for cell in cast("Sequence[NaiveCell]", self.cells):
-            h = x.new_zeros(x.shape[0], cell.Whi.out_channels, *x.shape[3:])
-            c = h
-            outputs = []
-            for t in range(x.shape[1]):
-                h, c = cell(x[:, t], h, c)
-                outputs.append(h)
-            x = torch.stack(outputs, dim=1)
-        return x
+        self.cells = _stack(lambda i, c: NaiveCell(i, c, kernel, size), in_channels, hidden)
 
 
 def naive_from(layer: ConvLSTM) -> NaiveConvLSTM:
@@ -165,28 +181,14 @@ class JointCell(nn.Module):
         return o * torch.tanh(c_next), c_next
 
 
-class JointConvLSTM(nn.Module):
+class JointConvLSTM(_LayerByLayer):
     """A stack of :class:`JointCell` run layer by layer from zero states, each layer's outputs
     stacked, as torchgeo's ``ConvLSTM`` runs: ``forward(x)``: ``(B, T, C_in, H, W)`` -> the last
     layer's ``h`` ``(B, T, C, H, W)``."""
 
     def __init__(self, in_channels: int, hidden: Sequence[int], kernel: int):
         super().__init__()
-        channels = [in_channels, *hidden]
-        self.cells = nn.ModuleList(
-            JointCell(channels[i], hidden[i], kernel) for i in range(len(hidden))
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        for cell in cast("Sequence[JointCell]", self.cells):
-            h = x.new_zeros(x.shape[0], cell.hidden_channels, *x.shape[3:])
-            c = torch.zeros_like(h)
-            outputs = []
-            for t in range(x.shape[1]):
-                h, c = cell(x[:, t], h, c)
-                outputs.append(h)
-            x = torch.stack(outputs, dim=1)
-        return x
+        self.cells = _stack(lambda i, c: JointCell(i, c, kernel), in_channels, hidden)
 
 
 class OpenSTLCell(nn.Module):
@@ -221,10 +223,7 @@ class OpenSTLConvLSTM(nn.Module):
 
     def __init__(self, in_channels: int, hidden: Sequence[int], kernel: int):
         super().__init__()
-        channels = [in_channels, *hidden]
-        self.cells = nn.ModuleList(
-            OpenSTLCell(channels[i], hidden[i], kernel) for i in range(len(hidden))
-        )
+        self.cells = _stack(lambda i, c: OpenSTLCell(i, c, kernel), in_channels, hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         cells = cast("Sequence[OpenSTLCell]", self.cells)
