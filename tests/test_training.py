@@ -30,6 +30,7 @@ from convlstm.checkpoint import (
 from convlstm.config import (
     Config,
     ConfigError,
+    OptimConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -37,6 +38,7 @@ from convlstm.config import (
     save_config,
     validate_config,
 )
+from convlstm.data.transforms import RainTransform
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import (
     NonFiniteLossError,
@@ -177,6 +179,9 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("model.readout=concat", "optim.input_loss_weight > 0 needs model.readout='top'"),
         ("optim.quantile=1", r"optim.quantile must be in \(0, 1\), got 1"),
         ("optim.quantile=0.7", "optim.quantile applies to optim.loss='quantile' only"),
+        ("optim.rain_weights=[[2, 2, 2]]", r"optim.rain_weights must be a list of \[thresh"),
+        ("optim.rain_weights=[[5, 2], [2, 5]]", r"thresholds \(mm/h\) must be >= 0 and strictly"),
+        ("optim.rain_weights=[[2, 0]]", "optim.rain_weights weights must be > 0"),
     ],
 )
 def test_validation_names_the_field(override: str, message: str) -> None:
@@ -282,6 +287,34 @@ def test_losses_let_nan_reach_the_nonfinite_policy() -> None:
     pred[0, 0] = math.nan
     for kind in ("mse", "l1", "mse+l1", "bce"):
         assert math.isnan(float(training.losses.forecast_loss(kind, pred, target)))
+
+
+def test_rain_weights_weight_each_pixel_by_its_true_rain_rate() -> None:
+    """The weighted pinball loss against the sum written out in numpy, in mm/h levels."""
+    transform = RainTransform("log")
+    rng = np.random.default_rng(0)
+    rain = rng.gamma(0.6, 4.0, size=(2, 3, 1, 4, 4))
+    truth = transform(torch.from_numpy(rain)).float()
+    pred = truth + torch.from_numpy(rng.normal(0, 0.3, size=rain.shape)).float()
+    levels = [[2.0, 2.0], [5.0, 5.0], [10.0, 10.0], [30.0, 30.0]]
+    w = np.select([rain >= 30, rain >= 10, rain >= 5, rain >= 2], [30, 10, 5, 2], 1.0)
+    mask = (rng.random(rain.shape) > 0.2).astype(np.float32)
+    d = truth.numpy() - pred.numpy()
+    pinball = np.maximum(0.6 * d, -0.4 * d)
+    expected = (w * mask * pinball).sum() / (w * mask).sum()
+    optim = OptimConfig(loss="quantile", quantile=0.6, rain_weights=levels)
+    inputs = truth[:, :1]  # input_loss_weight 0: the inputs only give the frame count
+    got = training.losses.training_loss(
+        optim,
+        pred,
+        inputs,
+        truth,
+        torch.cat([torch.ones_like(inputs), torch.from_numpy(mask)], 1),
+        transform=transform,
+    )
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match=r"optim\.rain_weights needs rain data"):
+        training.losses.training_loss(optim, pred, inputs, truth)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -117,6 +117,11 @@ class OptimConfig:
     linearly from ``teacher_forcing`` to 0 over ``teacher_forcing_steps`` steps (0: off).
     ``input_loss_weight`` > 0 adds that times the loss of the one-step-ahead predictions of the
     input frames (``predict_inputs=True``; needs ``model.readout="top"``).
+    ``rain_weights`` (rain data only): ``[[threshold_mm_h, weight], ...]`` with rising
+    thresholds weights each pixel of the loss by the weight of the highest threshold its true
+    rain rate reaches (1 below the first), as the balanced losses of Shi et al. (2017, HKO-7:
+    ``[[2, 2], [5, 5], [10, 10], [30, 30]]``) do, so that heavy rain, rare but what forecasts
+    are judged on, is not averaged away; ``[]``: every pixel weighs 1.
     """
 
     lr: float = 1e-3
@@ -134,6 +139,7 @@ class OptimConfig:
     teacher_forcing: float = 0.0
     teacher_forcing_steps: int = 0
     input_loss_weight: float = 0.0
+    rain_weights: list[list[float]] = field(default_factory=list)
 
 
 @dataclass
@@ -436,6 +442,25 @@ def save_config(config: Config, path: str | os.PathLike[str], overwrite: bool = 
 # ----------------------------------------------------------------------------- validation
 
 
+def _check_rain_weights(levels: list[list[float]]) -> None:
+    _require(
+        all(len(level) == 2 for level in levels),
+        "optim.rain_weights",
+        "must be a list of [threshold_mm_h, weight] pairs",
+        levels,
+    )
+    thresholds = [level[0] for level in levels]
+    _require(
+        all(t >= 0 for t in thresholds) and thresholds == sorted(set(thresholds)),
+        "optim.rain_weights",
+        "thresholds (mm/h) must be >= 0 and strictly rising",
+        levels,
+    )
+    _require(
+        all(level[1] > 0 for level in levels), "optim.rain_weights", "weights must be > 0", levels
+    )
+
+
 def _require(condition: bool, name: str, message: str, value: Any) -> None:
     if not condition:
         raise ConfigError(f"{name} {message}, got {value!r}")
@@ -516,6 +541,7 @@ def validate_config(config: Config) -> Config:
         "applies to optim.loss='quantile' only",
         optim.quantile,
     )
+    _check_rain_weights(optim.rain_weights)
     if optim.loss == "bce":
         _require(
             options["output_activation"] == "sigmoid",

@@ -321,7 +321,9 @@ class Trainer:
                 teacher_forcing=teacher_forcing(config, state.step),
                 predict_inputs=bool(weight),
             )
-        loss = training_loss(config.optim, pred, inputs, targets, mask)
+        loss = training_loss(
+            config.optim, pred, inputs, targets, mask, transform=self.data_transform
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = config.optim.grad_clip or math.inf

@@ -7,9 +7,10 @@ import torch
 from torch import Tensor
 
 from convlstm.config import LOSSES, OptimConfig
+from convlstm.data.transforms import RainTransform
 from convlstm.masking import masked_mae, masked_mean, masked_mse, masked_pinball
 
-__all__ = ["forecast_loss", "training_loss"]
+__all__ = ["forecast_loss", "rain_weights", "training_loss"]
 
 
 def forecast_loss(
@@ -64,13 +65,52 @@ def forecast_loss(
     return first + sum(others) if others else first
 
 
+def rain_weights(
+    frames: Tensor, levels: list[list[float]], transform: RainTransform | None
+) -> Tensor:
+    """Per-pixel loss weights by rain intensity (``optim.rain_weights``): the weight of the
+    highest ``[threshold_mm_h, weight]`` level the pixel's rain rate reaches, 1 below the first.
+
+    Args:
+        frames: true frames, any shape, in the units ``transform`` maps mm/h to.
+        levels: ``[[threshold_mm_h, weight], ...]``, thresholds rising.
+        transform: the data's rain transform (:func:`convlstm.units.data_transform`); ``None``
+            means the data are not rain rates, which is an error.
+
+    Returns:
+        float32 tensor of ``frames``' shape.
+
+    >>> frames = RainTransform("log")(torch.tensor([0.0, 1.0, 2.0, 7.0, 40.0]))
+    >>> rain_weights(frames, [[2, 2], [5, 5], [10, 10], [30, 30]], RainTransform("log")).tolist()
+    [1.0, 1.0, 2.0, 5.0, 30.0]
+    """
+    if transform is None:
+        raise ValueError(
+            "optim.rain_weights needs rain data (a dataset in mm/h or a rain transform such as "
+            "radar's 'log'), got data without a rain transform"
+        )
+    weights = torch.ones_like(frames, dtype=torch.float32)
+    for threshold, weight in levels:
+        # the transform is monotonic, so comparing in its units compares the rain rates
+        level = float(transform(torch.tensor(threshold, dtype=torch.float64)))
+        weights = torch.where(frames >= level, weight, weights)
+    return weights
+
+
 def training_loss(
-    optim: OptimConfig, pred: Tensor, inputs: Tensor, targets: Tensor, mask: Tensor | None = None
+    optim: OptimConfig,
+    pred: Tensor,
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor | None = None,
+    *,
+    transform: RainTransform | None = None,
 ) -> Tensor:
     """The loss of one training batch, as ``convlstm train`` and the Lightning module compute
     it: :func:`forecast_loss` (``optim.loss``, ``optim.quantile``) of the forecast, plus
     ``optim.input_loss_weight`` times that of the one-step-ahead predictions of the input
-    frames when the weight is > 0.
+    frames when the weight is > 0; pixels weighted by :func:`rain_weights` when
+    ``optim.rain_weights`` is set.
 
     Args:
         optim: the training configuration's ``[optim]`` section.
@@ -80,6 +120,7 @@ def training_loss(
         inputs: ``(B, T_in, C, H, W)``.
         targets: ``(B, horizon, C, H, W)``.
         mask: ``(B, T_in + horizon, C, H, W)``, 1 where the data have a value, or ``None``.
+        transform: the data's rain transform, needed by ``optim.rain_weights``.
 
     Returns:
         a scalar float32 tensor.
@@ -89,6 +130,9 @@ def training_loss(
 
     def loss(part: Tensor, truth: Tensor, frames: slice) -> Tensor:
         part_mask = None if mask is None else mask[:, frames]
+        if optim.rain_weights:
+            weights = rain_weights(truth, optim.rain_weights, transform)
+            part_mask = weights if part_mask is None else weights * part_mask
         return forecast_loss(optim.loss, part, truth, mask=part_mask, quantile=optim.quantile)
 
     total = loss(pred[:, seen:] if weight else pred, targets, slice(seen + 1, None))
