@@ -383,7 +383,7 @@ def test_masked_losses_against_float64_reference():
 
 
 def test_import_stays_light():
-    code = "import sys, convlstm, convlstm.data; print([m for m in ('xarray', 'h5py', 'pysteps') if m in sys.modules])"
+    code = "import sys, convlstm, convlstm.data; print([m for m in ('xarray', 'h5py', 'tifffile', 'pysteps') if m in sys.modules])"
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

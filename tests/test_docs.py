@@ -43,6 +43,7 @@ _OPTIONAL = {
     "cv2",
     "h5py",
     "xarray",
+    "tifffile",
     "lightning",
 }
 

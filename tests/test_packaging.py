@@ -101,7 +101,7 @@ def test_extras():
         return {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in requirements}
 
     assert "keras" in names(extras["keras"])
-    assert {"pysteps", "h5py"} <= names(extras["nowcast"])
+    assert {"pysteps", "h5py", "xarray", "tifffile"} <= names(extras["nowcast"])
     assert {"onnx", "onnxruntime", "onnxscript"} <= names(extras["export"])
     assert {"mkdocs", "mkdocs-material", "mkdocstrings-python"} <= names(extras["docs"])
     assert {"pytest", "hypothesis", "ruff", "mypy", "build", "twine"} <= names(extras["dev"])

@@ -1,17 +1,18 @@
 """Real radar archives as forecasting datasets: :class:`RadarArchive`, :class:`RadarArchiveDataset`.
 
-A folder of timestamped files (ODIM HDF5, CF NetCDF, Zarr, or anything pysteps imports), or
-one NetCDF/Zarr file with a time axis, becomes a time-indexed archive of rain-rate frames in
-mm/h on a regular time step. Missing time steps are gaps that no window spans; pixels without
-data are masked.
+A folder of timestamped files (ODIM HDF5, CF NetCDF, Zarr, single-band GeoTIFF, or anything
+pysteps imports), or one NetCDF/Zarr file with a time axis, becomes a time-indexed archive of
+rain-rate frames in mm/h on a regular time step. Missing time steps are gaps that no window
+spans; pixels without data are masked.
 
 **The mask contract.** Each item of :class:`RadarArchiveDataset` is ``(inputs, targets,
 mask)``: ``inputs`` ``(T_in, 1, h, w)`` and ``targets`` ``(T_out, 1, h, w)`` float32, with
 masked pixels set to ``fill_value`` (mm/h, default 0: dry) *before* ``transform``, so they
 are finite; ``mask`` ``(T_in + T_out, 1, h, w)`` float32, 1 where the frame has data and 0
-where it has none (``NaN``, ODIM ``nodata``, ``_FillValue``). A loss or metric weights the
-targets by ``mask[T_in:]`` (see :mod:`convlstm.masking`). With ``return_mask=False`` items
-are the usual ``(inputs, targets)`` pair.
+where it has none (``NaN``, ODIM ``nodata``, ``_FillValue``, GeoTIFF ``GDAL_NODATA`` and
+internal mask). A loss or metric weights the targets by ``mask[T_in:]`` (see
+:mod:`convlstm.masking`). With ``return_mask=False`` items are the usual ``(inputs,
+targets)`` pair.
 
 Example:
     >>> import numpy as np, xarray as xr, tempfile, pathlib
@@ -103,10 +104,14 @@ class RadarArchive:
         pattern: ``glob`` pattern of the files in a folder (``**`` recurses).
         time_format: ``strftime`` format of the timestamp in the file names (see
             :func:`parse_time`); ``None`` reads timestamps from the files (ODIM ``/what``
-            date and time, the NetCDF/Zarr time coordinate).
-        format: ``"odim"``, ``"netcdf"``, ``"zarr"``, ``"pysteps:<importer>"`` or ``None``
-            (from the extension), see :func:`~convlstm.data.readers.get_reader`.
-        variable, units: NetCDF/Zarr variable and units override.
+            date and time, the NetCDF/Zarr time coordinate). GeoTIFFs and pysteps'
+            importers need it.
+        format: ``"odim"``, ``"netcdf"``, ``"zarr"``, ``"geotiff"``, ``"pysteps:<importer>"``
+            or ``None`` (from the extension; ``.tif``/``.tiff`` are GeoTIFF), see
+            :func:`~convlstm.data.readers.get_reader`.
+        variable: NetCDF/Zarr variable.
+        units: ``"mm/h"`` or ``"dBZ"``, overriding the NetCDF/Zarr variable's ``units`` or
+            the GeoTIFF band's ``unittype``.
         quantity: ODIM quantity (``"DBZH"``, ``"TH"``, ``"RATE"``; default the first found).
         timestep: the time step, minutes or a timedelta; ``None`` infers it as the most
             common interval between frames.
@@ -122,6 +127,8 @@ class RadarArchive:
         timestep: ``timedelta64[s]``.
         slots: for every step from the first to the last time, the frame index or -1 (a gap).
         shape: ``(H, W)``.
+        coordinates: ``(y, x)`` coordinates of the pixel centres (``H`` and ``W`` values:
+            NetCDF/Zarr coordinate variables, GeoTIFF pixel scale and tiepoint), or ``None``.
     """
 
     def __init__(

@@ -1,9 +1,11 @@
-"""Frame readers for radar archives: ODIM HDF5, CF NetCDF / Zarr (xarray), pysteps' importers.
+"""Frame readers for radar archives: ODIM HDF5, CF NetCDF / Zarr (xarray), GeoTIFF, pysteps'
+importers.
 
 A reader turns one file (or one time step of a file) into a rain-rate frame in mm/h, float32,
 with ``NaN`` where the file has no valid value (outside the radar domain, ``nodata``,
-``_FillValue``). Only the requested rows and columns are read where the format allows it
-(ODIM, NetCDF and Zarr read hyperslabs; pysteps' importers read whole frames), so a crop of a
+``_FillValue``, ``GDAL_NODATA``). Only the requested rows and columns are read where the
+format allows it (ODIM, NetCDF and Zarr read hyperslabs, uncompressed GeoTIFFs are
+memory-mapped; compressed GeoTIFFs and pysteps' importers decode whole frames), so a crop of a
 large composite costs the crop's memory.
 
 Every reader has the same three methods:
@@ -18,7 +20,10 @@ Reflectivity is converted with the Z-R relation ``Z = a R^b`` (Marshall-Palmer `
 b=1.6`` by default, as in ``pysteps.utils.conversion.to_rainrate``):
 ``R = (10^(dBZ/10) / a)^(1/b)``.
 
-The heavy libraries (h5py, xarray, pysteps) are imported on first use only.
+NetCDF/Zarr and GeoTIFF readers also have ``coordinates(path)``: the ``(y, x)`` coordinates of
+the pixel centres (1-D arrays of ``H`` and ``W`` values), or ``None`` when the file has none.
+
+The heavy libraries (h5py, xarray, tifffile, pysteps) are imported on first use only.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -34,6 +40,7 @@ from convlstm._pysteps import import_pysteps
 
 __all__ = [
     "FORMATS",
+    "GeoTiffReader",
     "OdimReader",
     "PystepsReader",
     "XarrayReader",
@@ -42,7 +49,7 @@ __all__ = [
 ]
 
 #: Format names accepted by :func:`get_reader`, besides ``"pysteps:<importer>"``.
-FORMATS = ("odim", "netcdf", "zarr")
+FORMATS = ("odim", "netcdf", "zarr", "geotiff")
 _EXTENSIONS = {
     ".h5": "odim",
     ".hdf5": "odim",
@@ -53,6 +60,8 @@ _EXTENSIONS = {
     ".cdf": "netcdf",
     ".netcdf": "netcdf",
     ".zarr": "zarr",
+    ".tif": "geotiff",
+    ".tiff": "geotiff",
 }
 _RATE_UNITS = {"mm/h", "mmh-1", "mm/hr", "mmhr-1", "kgm-2h-1", "mmperhour"}
 _DBZ_UNITS = {"dbz"}
@@ -79,16 +88,21 @@ def dbz_to_mm_h(dbz: np.ndarray, a: float = 200.0, b: float = 1.6) -> np.ndarray
     return ((10.0 ** (values / 10.0)) / a) ** (1.0 / b)
 
 
-def _to_mm_h(values: np.ndarray, units: str, zr: tuple[float, float], where: str) -> np.ndarray:
+def _is_dbz(units: str, where: str) -> bool:
+    """Whether ``units`` name a reflectivity (dBZ) rather than a rain rate (mm/h)."""
     key = units.strip().lower().replace(" ", "").replace("**", "").replace("^", "")
-    if key in _RATE_UNITS:
-        return values.astype(np.float32, copy=False)
-    if key in _DBZ_UNITS:
-        return dbz_to_mm_h(values, *zr).astype(np.float32)
+    if key in _RATE_UNITS or key in _DBZ_UNITS:
+        return key in _DBZ_UNITS
     raise ValueError(
         f"{where}: units {units!r} are neither a rain rate (mm/h, mm h-1, kg m-2 h-1) nor "
         "a reflectivity (dBZ); pass units='mm/h' or units='dBZ' to say what the values are"
     )
+
+
+def _to_mm_h(values: np.ndarray, units: str, zr: tuple[float, float], where: str) -> np.ndarray:
+    if _is_dbz(units, where):
+        return dbz_to_mm_h(values, *zr).astype(np.float32)
+    return values.astype(np.float32, copy=False)
 
 
 class OdimReader:
@@ -310,6 +324,150 @@ class XarrayReader:
         return _to_mm_h(values, str(units), self.zr, path)
 
 
+def _import_tifffile() -> Any:
+    try:
+        import tifffile
+    except ImportError as error:
+        raise ImportError(
+            f"reading GeoTIFF needs tifffile ({error}): pip install 'convlstm[nowcast]'"
+        ) from error
+    return tifffile
+
+
+class GeoTiffReader:
+    """Single-band GeoTIFF frames, one file per time step, read with tifffile (no GDAL).
+
+    The frame is the file's one full-resolution image (GDAL's internal overviews are
+    skipped); a file of several images or bands is refused. Values are ``raw * scale +
+    offset`` with the band's ``scale`` and ``offset`` of the ``GDAL_METADATA`` tag (42112),
+    as GDAL writes them (``<Item name="SCALE" sample="0" role="scale">0.5</Item>``).
+    ``raw`` pixels equal to the ``GDAL_NODATA`` tag (42113), ``NaN`` pixels and the pixels
+    that GDAL's internal mask (a ``FILETYPE_MASK`` image, ``GDAL_TIFF_INTERNAL_MASK``) marks
+    invalid become ``NaN``. The values are mm/h or reflectivity in dBZ (converted with the
+    Z-R relation): ``units``, else the band's ``unittype`` item (GDAL's ``SetUnitType``,
+    ``gdal_edit -units``). A GeoTIFF has no standard timestamp: the archive reads it from the
+    file names (``time_format``).
+
+    Args:
+        units: ``"mm/h"`` or ``"dBZ"`` (or another spelling of either); overrides the file's
+            ``unittype``.
+        zr: Z-R coefficients ``(a, b)`` for dBZ.
+
+    Example:
+        >>> import pathlib, tempfile, tifffile
+        >>> path = str(pathlib.Path(tempfile.mkdtemp()) / "dbz_202607011200.tif")
+        >>> dbz = np.array([[23.0103, 39.0103], [-99.0, np.nan]], dtype=np.float32)
+        >>> tifffile.imwrite(path, dbz, extratags=[(42113, "s", 0, "-99", True)])  # nodata
+        >>> GeoTiffReader(units="dBZ").read(path, None, slice(None), slice(None)).round(3)
+        array([[ 1., 10.],
+               [nan, nan]], dtype=float32)
+    """
+
+    _PIXEL_IS_POINT = 2  # GTRasterTypeGeoKey (1025): 1 PixelIsArea (the default), 2 PixelIsPoint
+
+    def __init__(self, units: str | None = None, zr: tuple[float, float] = (200.0, 1.6)):
+        if units is not None:
+            _is_dbz(units, "GeoTiffReader")
+        self.units, self.zr = units, zr
+
+    @contextlib.contextmanager
+    def _open(self, path: str) -> Iterator[tuple[Any, Any]]:
+        """The file's one full-resolution single-band image and its mask image, or ``None``
+        without a mask (tifffile pages)."""
+        with _import_tifffile().TiffFile(path) as tif:
+            # subfile type bit 0: a reduced-resolution overview, bit 2: a transparency mask
+            images = [page for page in tif.pages if not page.subfiletype & 0b101]
+            if len(images) != 1 or images[0].samplesperpixel != 1 or images[0].imagedepth != 1:
+                raise ValueError(
+                    f"{path}: a GeoTIFF frame must be one single-band raster, found "
+                    f"{len(images)} image(s) of shape {[page.shape for page in images]}"
+                )
+            masks = [page for page in tif.pages if page.subfiletype == 0b100]
+            yield images[0], masks[0] if masks else None
+
+    @staticmethod
+    def _band(page: Any, path: str) -> dict[str, str]:
+        """The band's ``scale``, ``offset`` and ``unittype`` items of ``GDAL_METADATA``."""
+        text = page.tags.valueof(42112)
+        if not text:
+            return {}
+        try:
+            root = ElementTree.fromstring(text)
+        except ElementTree.ParseError as error:
+            raise ValueError(f"{path}: the GDAL_METADATA tag is not XML ({error})") from None
+        band = {}
+        for item in root.iter("Item"):
+            key = (item.get("role") or item.get("name") or "").lower()
+            if item.get("sample") in (None, "0") and key in ("scale", "offset", "unittype"):
+                band[key] = (item.text or "").strip()
+        return band
+
+    @staticmethod
+    def _number(text: str, what: str, path: str) -> float:
+        try:
+            return float(text.replace(",", "."))  # GDAL reads a comma decimal separator too
+        except ValueError:
+            raise ValueError(f"{path}: {what} must be a number, got {text!r}") from None
+
+    def times(self, path: str) -> None:
+        """A GeoTIFF holds no standard timestamp: ``None`` (name the files' time format)."""
+        return None
+
+    def shape(self, path: str) -> tuple[int, int]:
+        """``(H, W)`` of the frame."""
+        with self._open(path) as (page, _):
+            return int(page.imagelength), int(page.imagewidth)
+
+    def coordinates(self, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``(y, x)`` model coordinates of the pixel centres (``H`` and ``W`` values, in
+        the units of the file's CRS, e.g. metres), from ModelPixelScaleTag (33550) and a
+        single ModelTiepointTag (33922); ``None`` without them. The tiepoint ties a raster
+        point to the pixel's upper-left corner (``PixelIsArea``, GeoTIFF's default) or to its
+        centre (``GTRasterTypeGeoKey`` ``PixelIsPoint``)."""
+        with self._open(path) as (page, _):
+            scale, tiepoint = page.tags.valueof(33550), page.tags.valueof(33922)
+            if scale is None or tiepoint is None or len(tiepoint) != 6:
+                return None
+            keys = page.geotiff_tags or {}
+            height, width = int(page.imagelength), int(page.imagewidth)
+        centre = 0.0 if keys.get("GTRasterTypeGeoKey") == self._PIXEL_IS_POINT else 0.5
+        i, j, _, x, y, _ = (float(v) for v in tiepoint)
+        columns = x + (np.arange(width) + centre - i) * float(scale[0])
+        rows = y - (np.arange(height) + centre - j) * float(scale[1])  # rows go south
+        return rows, columns
+
+    def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
+        """The frame (``index`` must be ``None`` or 0) in mm/h, ``NaN`` at nodata, ``NaN`` and
+        masked pixels; an uncompressed file is memory-mapped, so only ``rows`` x ``cols`` are
+        read."""
+        if index not in (None, 0):
+            raise IndexError(f"{path}: a GeoTIFF file holds one frame, got index {index}")
+        with self._open(path) as (page, mask):
+            if page.is_memmappable:
+                mapped = _import_tifffile().memmap(path, page=page.index, mode="r")
+                raw = np.array(mapped[rows, cols])
+            else:
+                raw = page.asarray()[rows, cols]
+            invalid = None if mask is None else mask.asarray()[rows, cols] == 0
+            nodata, band = page.tags.valueof(42113), self._band(page, path)
+        units = self.units or band.get("unittype")
+        if not units:
+            raise ValueError(
+                f"{path}: the GeoTIFF names no units (no band unittype in its GDAL_METADATA "
+                "tag); pass units='mm/h' or units='dBZ'"
+            )
+        scale = self._number(band.get("scale", "1"), "the GDAL_METADATA scale", path)
+        offset = self._number(band.get("offset", "0"), "the GDAL_METADATA offset", path)
+        values = raw.astype(np.float64) * scale + offset
+        if nodata is not None:
+            target = self._number(nodata, "the GDAL_NODATA tag", path)
+            # GDAL compares in the raster's type: a float32 raster holds float32(nodata)
+            values[raw == (raw.dtype.type(target) if raw.dtype.kind == "f" else target)] = np.nan
+        if invalid is not None:
+            values[invalid] = np.nan
+        return _to_mm_h(values, units, self.zr, path)
+
+
 class PystepsReader:
     """Any format pysteps imports: ``pysteps.io.get_method(name, "importer")``.
 
@@ -356,7 +514,7 @@ class PystepsReader:
         return self._frame(path)[rows, cols]
 
 
-Reader = OdimReader | XarrayReader | PystepsReader
+Reader = OdimReader | XarrayReader | GeoTiffReader | PystepsReader
 
 
 def get_reader(
@@ -372,9 +530,12 @@ def get_reader(
     """The reader of ``format`` (``None``: from ``path``'s extension).
 
     Args:
-        format: ``"odim"``, ``"netcdf"``, ``"zarr"``, ``"pysteps:<importer>"`` or ``None``.
+        format: ``"odim"``, ``"netcdf"``, ``"zarr"``, ``"geotiff"``, ``"pysteps:<importer>"``
+            or ``None`` (``.h5``/``.hdf5``/``.hdf``/``.odim``: ODIM, ``.nc``/``.nc4``/``.cdf``/
+            ``.netcdf``: NetCDF, ``.zarr``: Zarr, ``.tif``/``.tiff``: GeoTIFF).
         path: a file of the archive (used to guess the format).
-        variable, units: for NetCDF/Zarr (see :class:`XarrayReader`).
+        variable: for NetCDF/Zarr (see :class:`XarrayReader`).
+        units: for NetCDF/Zarr and GeoTIFF (see :class:`GeoTiffReader`).
         quantity: for ODIM (see :class:`OdimReader`).
         zr: Z-R coefficients ``(a, b)``.
         importer_kwargs: for ``"pysteps:<importer>"``.
@@ -398,6 +559,8 @@ def get_reader(
         return OdimReader(quantity, zr)
     if format in ("netcdf", "zarr"):
         return XarrayReader(format, variable, units, zr)
+    if format == "geotiff":
+        return GeoTiffReader(units, zr)
     if isinstance(format, str) and format.startswith("pysteps:") and format[8:]:
         return PystepsReader(format[8:], importer_kwargs, zr)
     raise ValueError(
