@@ -39,7 +39,7 @@ import random
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -48,10 +48,14 @@ from torch import nn
 from convlstm._atomic import atomic_file
 from convlstm.models import EncoderForecaster
 
+if TYPE_CHECKING:
+    from convlstm.data.transforms import RainTransform
+
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
     "capture_rng",
+    "checkpoint_transform",
     "load_checkpoint",
     "load_model",
     "load_state_checked",
@@ -281,17 +285,28 @@ def load_model(
     model = EncoderForecaster(**checkpoint["model_config"])
     load_state_checked(model, checkpoint["model_state"], source)
     model = model.to(map_location).eval()
-    from convlstm.units import rain_transform
-
-    try:
-        transform = rain_transform(checkpoint)
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{source} has an invalid data_transform: {error}") from None
+    transform = checkpoint_transform(checkpoint, source)
     if transform is not None and physical_units:
         from convlstm.units import PhysicalUnits
 
         return PhysicalUnits(model, transform).eval(), checkpoint["config"]  # type: ignore[return-value]
     return model, checkpoint["config"]
+
+
+def checkpoint_transform(checkpoint: dict[str, Any], source: str) -> RainTransform | None:
+    """The rain data transform that the checkpoint dict ``checkpoint`` (read from ``source``,
+    named in errors) carries in ``data_transform`` (:func:`convlstm.units.rain_transform`), or
+    ``None``.
+
+    Raises:
+        CheckpointError: an invalid ``data_transform`` entry.
+    """
+    from convlstm.units import rain_transform
+
+    try:
+        return rain_transform(checkpoint)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{source} has an invalid data_transform: {error}") from None
 
 
 # ----------------------------------------------------------------------------- RNG states

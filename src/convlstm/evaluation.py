@@ -18,6 +18,7 @@ overall value. Undefined scores (zero denominators) and infinite PSNR (a perfect
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -43,18 +44,23 @@ from convlstm.registry import normalise_name
 from convlstm.units import RAIN_UNITS, PhysicalUnits, untransformed
 
 if TYPE_CHECKING:  # the report module draws figures (matplotlib): imported where it is used
+    from convlstm.data.transforms import RainTransform
+    from convlstm.metrics import ForecastMetrics
     from convlstm.report import Sample
 
 __all__ = [
     "CONVENTIONS",
     "DATA_LAYOUTS",
     "GENERATED_DATASETS",
+    "add_units",
     "check_fit",
     "collect_samples",
     "evaluate",
     "evaluate_checkpoint",
+    "masked_entry",
     "resolve_dataset",
     "sample_indices",
+    "score_batch",
     "value_settings",
     "value_units",
 ]
@@ -114,6 +120,58 @@ def _run(forecaster: Forecaster, name: str, inputs: Tensor, horizon: int) -> Ten
         got = tuple(forecast.shape) if isinstance(forecast, Tensor) else type(forecast).__name__
         raise ValueError(f"forecaster {name!r} returned {got}, expected shape {expected}")
     return forecast
+
+
+def score_batch(
+    forecasters: Mapping[str, Forecaster],
+    metrics: Mapping[str, ForecastMetrics],
+    inputs: Tensor,
+    targets: Tensor,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Score one batch, as :func:`evaluate` (and :class:`convlstm.lightning.ForecastModule`'s
+    test) does: each forecaster forecasts ``targets.shape[1]`` frames from ``inputs`` and its
+    metrics (same name in ``metrics``) take the forecast, leaving out the target pixels that
+    ``mask`` marks as without data.
+
+    Args:
+        forecasters: ``{name: forecaster(inputs (B, T_in, C, H, W), horizon) -> (B, horizon,
+            C, H, W)}``.
+        metrics: ``{name: ForecastMetrics}`` with the names of ``forecasters``.
+        inputs: ``(B, T_in, C, H, W)``.
+        targets: ``(B, horizon, C, H, W)``, on the device of ``inputs``.
+        mask: the windows' mask ``(B, T_in + T_out, C or 1, H, W)`` with ``T_out >= horizon``
+            (a radar archive's third item, batched; 1 where there are data), or ``None``.
+
+    Returns:
+        ``[masked target pixels, all target pixels]`` (float64, on the CPU; zeros without a
+        mask); their sums over the batches give :func:`masked_entry`.
+
+    Raises:
+        ValueError: a forecast whose shape is not ``targets``' shape.
+    """
+    horizon = targets.shape[1]
+    counts = torch.zeros(2, dtype=torch.float64)
+    if mask is not None:
+        start = inputs.shape[1]
+        mask = mask[:, start : start + horizon].to(targets.device)
+        invalid = (mask <= 0).expand(targets.shape)
+        counts = torch.tensor([float(invalid.sum()), float(invalid.numel())], dtype=torch.float64)
+    for name, forecaster in forecasters.items():
+        metrics[name].update(_run(forecaster, name, inputs, horizon).float(), targets, mask)
+    return counts
+
+
+def masked_entry(counts: Tensor) -> dict[str, float]:
+    """``{"masked_fraction": masked / all}`` of the target pixels, from the sums of
+    :func:`score_batch`'s counts ``[masked, all]`` (``(2,)``), for ``results["dataset"]``;
+    ``{}`` when no batch had a mask.
+
+    >>> masked_entry(torch.tensor([25.0, 100.0])), masked_entry(torch.zeros(2))
+    ({'masked_fraction': 0.25}, {})
+    """
+    masked, total = (float(c) for c in counts)
+    return {"masked_fraction": masked / total} if total else {}
 
 
 def evaluate(
@@ -188,17 +246,10 @@ def evaluate(
     masked = torch.zeros(2, dtype=torch.float64)  # masked and all target pixels
     with inference(forecaster):
         bar = tqdm(loader, desc="evaluate", unit="batch", disable=None if progress else True)
-        for inputs, targets, *rest in bar:
+        for inputs, targets, *mask in bar:  # a mask when the data have one (radar archives)
             inputs = inputs.to(device, torch.float32)
             targets = targets[:, :horizon].to(device, torch.float32)
-            mask = None
-            if rest:  # (B, T_in + T_out, C, H, W), 1 where there are data
-                start = inputs.shape[1]
-                mask = rest[0][:, start : start + horizon].to(device)
-                invalid = (mask <= 0).expand(targets.shape)
-                masked += torch.tensor([float(invalid.sum()), float(invalid.numel())])
-            for key, run in forecasters.items():
-                metrics[key].update(_run(run, key, inputs, horizon).float(), targets, mask)
+            masked += score_batch(forecasters, metrics, inputs, targets, *mask)
     from convlstm.report import json_safe
 
     return json_safe(
@@ -210,7 +261,7 @@ def evaluate(
                 "input_len": inputs0.shape[0],
                 "horizon": horizon,
                 "frame_shape": list(inputs0.shape[1:]),
-                **({"masked_fraction": float(masked[0] / masked[1])} if masked[1] else {}),
+                **masked_entry(masked),
             },
             "settings": {
                 "data_range": float(data_range),
@@ -414,6 +465,22 @@ def value_units(dataset: Dataset) -> str | None:
     return None
 
 
+def add_units(
+    results: dict[str, Any], dataset: Dataset, transform: RainTransform | None = None
+) -> None:
+    """State in ``results`` (those of :func:`evaluate`) what the scored values measure:
+    ``dataset.units`` (:func:`value_units`; rain rates in mm/h for a rain model scored in
+    physical units) and, for such a model (``transform``, the data transform it was trained
+    with), ``settings.units`` (mm/h) and ``settings.model_transform``
+    (``transform.to_dict()``), as :func:`evaluate_checkpoint` reports them."""
+    units = "rain rate in mm/h" if transform is not None else value_units(dataset)
+    if units is not None:
+        results["dataset"]["units"] = units
+    if transform is not None:
+        results["settings"]["units"] = RAIN_UNITS
+        results["settings"]["model_transform"] = transform.to_dict()
+
+
 def value_settings(
     model: EncoderForecaster,
     dataset: Dataset,
@@ -426,8 +493,9 @@ def value_settings(
 
     Args:
         model: the model; its ``output_activation`` says the value range.
-        dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))``; read only for an
-            unbounded model without ``data_range``.
+        dataset: items ``(inputs (T_in, C, H, W), targets (T_out, C, H, W))`` or ``(inputs,
+            targets, mask (T_in + T_out, C, H, W))``; read only for an unbounded model without
+            ``data_range``.
         data_range: the user's data range, or ``None`` for the default.
         rain: scored in mm/h (a rain model wrapped in :class:`~convlstm.units.PhysicalUnits`):
             never clipped, whatever the model's output activation.
@@ -435,7 +503,8 @@ def value_settings(
     Returns:
         ``(data_range, clip)``: for a sigmoid model (data in [0, 1]) ``data_range`` (default 1)
         and ``(0, 1)``; for an unbounded one ``data_range`` (default the largest target value
-        of the first 16 sequences, 1 when that is not positive) and ``None`` (no clipping).
+        of the first 16 sequences, at pixels with data, 1 when that is not positive) and
+        ``None`` (no clipping).
 
     >>> model = EncoderForecaster(1, [4], 3, output_activation="identity")
     >>> value_settings(model, [(torch.zeros(2, 1, 4, 4), torch.full((1, 1, 4, 4), 7.0))])
@@ -445,9 +514,20 @@ def value_settings(
         return (1.0 if data_range is None else data_range), DEFAULT_CLIP
     if data_range is None:
         count = min(len(dataset), _RANGE_PROBE)  # type: ignore[arg-type]
-        largest = max(float(torch.as_tensor(dataset[i][1]).max()) for i in range(count))
+        largest = max(_largest_target(dataset[i]) for i in range(count))
         data_range = largest if largest > 0 else 1.0
     return data_range, None
+
+
+def _largest_target(item: Sequence[Any]) -> float:
+    """The largest target value of a dataset item ``(inputs, targets[, mask])`` among the
+    pixels that have data (``mask`` ``(T_in + T_out, C, H, W)``: its last ``T_out`` frames;
+    ``-inf`` when none has)."""
+    targets = torch.as_tensor(item[1])
+    if len(item) > 2:  # the values at pixels without data are no data
+        valid = torch.as_tensor(item[2])[-targets.shape[0] :] > 0
+        targets = targets[valid.expand(targets.shape)]
+    return float(targets.max()) if targets.numel() else -math.inf
 
 
 def evaluate_checkpoint(
@@ -544,12 +624,7 @@ def evaluate_checkpoint(
         clip=clip,
     )
     results["dataset"]["name"] = str(data)
-    units = "rain rate in mm/h" if transform is not None else value_units(dataset)
-    if units is not None:
-        results["dataset"]["units"] = units
-    if transform is not None:
-        results["settings"]["units"] = RAIN_UNITS
-        results["settings"]["model_transform"] = transform.to_dict()
+    add_units(results, dataset, transform)
     results["baselines"] = {name: describe_baseline(name) for name in baselines}
     source = checkpoint if checkpoint is not None else pretrained
     results["checkpoint"] = {"path": str(source), "model": config["model"]["name"]}

@@ -20,10 +20,20 @@ which TensorBoard then ignores; the scores when it ends); ``tensorboard=False`` 
 and clipping), aggregated over processes; the full results are in
 :attr:`ForecastModule.test_results` and, with ``report_dir``, in a report folder.
 
+Radar data: batches of a radar archive carry a validity mask ``(B, T_in + T_out, 1, H, W)``
+(1 where there are data) as a third tensor, and, as in ``convlstm train`` and ``convlstm
+evaluate``, the training loss, the validation MSE and every test metric ignore the pixels
+without data (the test results state their fraction, ``dataset.masked_fraction``). A model
+trained on rain data keeps the data's transform (:func:`convlstm.units.data_transform`;
+:attr:`ForecastModule.data_transform`) in its checkpoints, so it loads in mm/h
+(``load_model(path, physical_units=True)``), and ``Trainer.test`` scores it in mm/h on rain
+rates read without the transform (HKO-7 thresholds by default), as ``convlstm evaluate`` does.
+
 Checkpoints: a Lightning checkpoint also holds every entry of a ``convlstm train`` checkpoint
 (:mod:`convlstm.checkpoint`: ``format``, ``model_config``, ``model_state``, ``config``,
-``optimizer``, ``scheduler``, ``step``, ``best_metric``, ``rng``, ...; ``epoch`` and
-``global_step`` keep Lightning's meaning), so :func:`convlstm.checkpoint.load_model` reads it;
+``optimizer``, ``scheduler``, ``step``, ``best_metric``, ``rng``, ``data_transform`` for rain
+data, ...; ``epoch`` and ``global_step`` keep Lightning's meaning), so
+:func:`convlstm.checkpoint.load_model` reads it;
 :meth:`ForecastModule.from_convlstm_checkpoint` builds the module from a ``convlstm train``
 checkpoint (or a Lightning one).
 
@@ -63,8 +73,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 import convlstm
-from convlstm.checkpoint import capture_rng, load_checkpoint, load_state_checked, make_checkpoint
+from convlstm.checkpoint import (
+    capture_rng,
+    checkpoint_transform,
+    load_checkpoint,
+    load_state_checked,
+    make_checkpoint,
+)
 from convlstm.config import Config, ConfigError, config_from_dict, config_to_dict
+from convlstm.data.transforms import RainTransform
 from convlstm.lightning.data import (
     ArrayDataModule,
     ForecastDataModule,
@@ -74,14 +91,15 @@ from convlstm.lightning.data import (
 )
 from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import resolve_precision
-from convlstm.training.losses import training_loss
+from convlstm.training.losses import training_loss, validation_sums
 from convlstm.training.schedule import Schedule, teacher_forcing
 from convlstm.training.tensorboard import (
-    FORECAST_SEQUENCES,
     declare_hparams,
+    first_sequences,
     flat_hparams,
     log_forecasts,
 )
+from convlstm.units import PhysicalUnits, data_transform
 
 __all__ = [
     "ArrayDataModule",
@@ -135,7 +153,8 @@ class ForecastModule(L.LightningModule):
         baselines: baseline names (:func:`convlstm.baselines.list_baselines`) scored beside the
             model in ``Trainer.test``.
         thresholds: event thresholds for the categorical scores in ``Trainer.test``, or
-            ``None``.
+            ``None`` (for a rain model, scored in mm/h:
+            :data:`~convlstm.metrics.HKO7_THRESHOLDS`, as ``convlstm evaluate``).
         data_range: SSIM/PSNR data range in ``Trainer.test`` for unbounded models (default as
             ``convlstm evaluate``: the largest target of the first 16 test sequences); sigmoid
             models use 1 and clip predictions to [0, 1].
@@ -147,8 +166,18 @@ class ForecastModule(L.LightningModule):
             forecast image at each validation and the hyperparameters with the final scores
             (rank 0); scalars go through ``self.log`` either way.
 
-    Shapes: ``forward(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)``; batches
-    are ``(inputs, targets (B, horizon, C, H, W))``.
+    Shapes: ``forward(inputs (B, T_in, C, H, W), horizon) -> (B, horizon, C, H, W)`` in the
+    model's units; batches are ``(inputs, targets (B, horizon, C, H, W))`` or, from a radar
+    archive, ``(inputs, targets, mask (B, T_in + horizon, 1, H, W))`` (1 where there are data).
+
+    Attributes:
+        data_transform: the :class:`~convlstm.data.transforms.RainTransform` of the rain data
+            the model is trained on (:func:`convlstm.units.data_transform` of the training
+            data, taken when training starts), or of the checkpoint it was loaded from;
+            ``None`` for other data. Saved in checkpoints (``data_transform``, as ``convlstm
+            train`` saves it); with it, ``Trainer.test`` scores the model in mm/h.
+        test_results: the results of the last ``Trainer.test`` (those of
+            :func:`convlstm.evaluation.evaluate`), or ``None``.
     """
 
     def __init__(
@@ -192,6 +221,7 @@ class ForecastModule(L.LightningModule):
             )
         self.best_metric: float | None = None
         self.skipped = 0
+        self.data_transform: RainTransform | None = None
         self.test_results: dict[str, Any] | None = None
         self._loss_value = math.nan
         self._val_sums = torch.zeros(2, dtype=torch.float64)
@@ -203,13 +233,14 @@ class ForecastModule(L.LightningModule):
     def from_convlstm_checkpoint(
         cls, path: str | os.PathLike[str], **kwargs: Any
     ) -> ForecastModule:
-        """The module with the weights and configuration of a checkpoint written by ``convlstm
-        train`` (or by this module); ``kwargs`` go to the constructor. The optimiser state is
-        not carried over: ``Trainer.fit`` starts a new schedule.
+        """The module with the weights, configuration and rain data transform
+        (:attr:`data_transform`) of a checkpoint written by ``convlstm train`` (or by this
+        module); ``kwargs`` go to the constructor. The optimiser state is not carried over:
+        ``Trainer.fit`` starts a new schedule.
 
         Raises:
-            convlstm.checkpoint.CheckpointError: unreadable checkpoint, or weights that do not
-                fit its model.
+            convlstm.checkpoint.CheckpointError: unreadable checkpoint, weights that do not fit
+                its model, or an invalid ``data_transform``.
         """
         checkpoint = load_checkpoint(path)
         config = config_from_dict(checkpoint["config"] or {})
@@ -217,6 +248,7 @@ class ForecastModule(L.LightningModule):
         config.model.options = dict(checkpoint["model_config"])
         module = cls(config, **kwargs)
         load_state_checked(module.model, checkpoint["model_state"], f"checkpoint {path}")
+        module.data_transform = checkpoint_transform(checkpoint, f"checkpoint {path}")
         return module
 
     def forward(self, inputs: Tensor, horizon: int | None = None) -> Tensor:
@@ -247,11 +279,20 @@ class ForecastModule(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def on_train_start(self) -> None:
+        """Take the data transform of the training data (:attr:`data_transform`; rain data
+        only), as ``convlstm train`` does, to save it in the checkpoints."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        if dataset is not None:
+            self.data_transform = data_transform(dataset)
+
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        inputs, targets = batch
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
+        """The loss of ``batch`` (``(inputs, targets)``, or with a radar archive's ``mask``,
+        whose pixels without data it then ignores; see the class docstring)."""
+        inputs, targets, *mask = batch
         config = self.config
         teacher = teacher_forcing(config, self.global_step)
         weight = config.optim.input_loss_weight
@@ -262,7 +303,9 @@ class ForecastModule(L.LightningModule):
             teacher_forcing=teacher,
             predict_inputs=bool(weight),
         )
-        loss = training_loss(config.optim, pred, inputs, targets)
+        loss = training_loss(
+            config.optim, pred, inputs, targets, *mask, transform=self.data_transform
+        )
         self._loss_value = float(loss.detach())
         size = inputs.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True, batch_size=size)
@@ -322,12 +365,12 @@ class ForecastModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        inputs, targets = batch
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        """Add the batch's squared error (target pixels without data count none) and its
+        frames to the validation MSE per frame."""
+        inputs, targets, *mask = batch
         pred = self.model(inputs, targets.shape[1])
-        error = (pred.float() - targets.float()).square().sum()
-        count = targets.shape[0] * targets.shape[1]
-        self._val_sums += torch.stack((error.double(), error.new_tensor(count).double()))
+        self._val_sums += validation_sums(pred, targets, *mask)
 
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
@@ -366,17 +409,13 @@ class ForecastModule(L.LightningModule):
 
     def _board_sequences(self) -> tuple[Tensor, Tensor] | None:
         """Inputs ``(N, T_in, C, H, W)`` and truth ``(N, T_out, C, H, W)`` of the first
-        :data:`~convlstm.training.tensorboard.FORECAST_SEQUENCES` validation sequences, read
+        validation sequences (:func:`~convlstm.training.tensorboard.first_sequences`), read
         once (the same sequences at every validation); ``None`` without validation data."""
         if self._board is None:
             loaders = self.trainer.val_dataloaders
             loader = loaders[0] if isinstance(loaders, list | tuple) and loaders else loaders
             dataset = getattr(loader, "dataset", None)
-            if dataset is None or len(dataset) == 0:
-                return None
-            pairs = [dataset[i] for i in range(min(FORECAST_SEQUENCES, len(dataset)))]
-            inputs = torch.stack([torch.as_tensor(x) for x, _ in pairs]).float()
-            self._board = inputs, torch.stack([torch.as_tensor(y) for _, y in pairs]).float()
+            self._board = None if dataset is None else first_sequences(dataset)
         return self._board
 
     def setup(self, stage: str) -> None:
@@ -412,7 +451,7 @@ class ForecastModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         from convlstm.baselines import get_baseline
         from convlstm.evaluation import value_settings
-        from convlstm.metrics import ForecastMetrics
+        from convlstm.metrics import HKO7_THRESHOLDS, ForecastMetrics
 
         if "model" in self.baselines:
             raise ValueError("a baseline is named 'model' like the model; rename it")
@@ -422,33 +461,47 @@ class ForecastModule(L.LightningModule):
                 f"report_dir {report} exists and is not a report folder (no metrics.json); "
                 "refusing to replace it"
             )
-        self._forecasters = {"model": None} | {b: get_baseline(b) for b in self.baselines}
-        data_range, clip = value_settings(self.model, self._test_dataset(), self.data_range)
-        self._data_range, self._clip = data_range, clip
+        dataset = self._test_dataset()
+        transform = self.data_transform
+        model: torch.nn.Module = self.model
+        thresholds = self.thresholds
+        if transform is not None:  # a rain model: scored in mm/h, as convlstm evaluate does
+            given = data_transform(dataset)
+            if given is not None and given != RainTransform("none"):
+                raise ValueError(
+                    f"the test data of a rain model must be rain rates in mm/h (the model works "
+                    f"through {transform!r} and is scored in mm/h; ForecastDataModule reads "
+                    f"them so), got data transformed with {given!r}"
+                )
+            model = PhysicalUnits(self.model, transform)
+            thresholds = list(HKO7_THRESHOLDS) if thresholds is None else thresholds
+        self._forecasters = {"model": model} | {b: get_baseline(b) for b in self.baselines}
+        data_range, clip = value_settings(
+            self.model, dataset, self.data_range, rain=transform is not None
+        )
+        self._data_range, self._clip, self._thresholds = data_range, clip, thresholds
         self._metrics = {}
         for name in self._forecasters:
-            metric = ForecastMetrics(data_range=data_range, clip=clip, thresholds=self.thresholds)
+            metric = ForecastMetrics(data_range=data_range, clip=clip, thresholds=thresholds)
             if isinstance(metric, torch.nn.Module):  # a torchmetrics.Metric: its state's device
                 metric = metric.to(self.device)
             self._metrics[name] = metric
         self._count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._masked = torch.zeros(2, dtype=torch.float64, device=self.device)
         self._shapes: tuple[int, list[int], int] | None = None
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        inputs, targets = (x.float() for x in batch)
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
+        """Score the model and the baselines on ``batch`` (``(inputs, targets)`` or ``(inputs,
+        targets, mask)``: target pixels without data are left out of every metric)."""
+        from convlstm.evaluation import score_batch
+
+        inputs, targets, *mask = (x.float() for x in batch)
         horizon = targets.shape[1]
         self._shapes = (inputs.shape[1], list(inputs.shape[2:]), horizon)
         self._count += inputs.shape[0]
         with torch.autocast(self.device.type, enabled=False):  # scored in float32, as evaluate
-            for name, forecaster in self._forecasters.items():
-                run = self.model if forecaster is None else forecaster
-                forecast = run(inputs, horizon)
-                if tuple(forecast.shape) != tuple(targets.shape):
-                    raise ValueError(
-                        f"forecaster {name!r} returned {tuple(forecast.shape)}, expected shape "
-                        f"{tuple(targets.shape)}"
-                    )
-                self._metrics[name].update(forecast.float(), targets)
+            counts = score_batch(self._forecasters, self._metrics, inputs, targets, *mask)
+        self._masked += counts.to(self.device)
 
     def _computed(self, metric: Any) -> dict[str, Any]:
         """The metric's results over all ranks (a torchmetrics ``Metric`` syncs in compute)."""
@@ -459,48 +512,57 @@ class ForecastModule(L.LightningModule):
         return metric.compute()
 
     def on_test_epoch_end(self) -> None:
-        from convlstm.evaluation import CONVENTIONS, collect_samples, sample_indices
+        from convlstm.evaluation import (
+            CONVENTIONS,
+            add_units,
+            collect_samples,
+            masked_entry,
+            sample_indices,
+        )
         from convlstm.report import command_line, json_safe, write_report
 
         dataset = self._test_dataset()
         count = int(self.trainer.strategy.reduce(self._count, reduce_op="sum"))
+        masked = self.trainer.strategy.reduce(self._masked, reduce_op="sum")
         forecasters = {name: self._computed(m) for name, m in self._metrics.items()}
         input_len, frame_shape, horizon = self._shapes or (0, [], 0)
         clip = self._clip
-        self.test_results = json_safe(
-            {
-                "convlstm_version": convlstm.__version__,
-                "dataset": {
-                    "name": getattr(dataset, "name", type(dataset).__name__),
-                    "num_sequences": count,
-                    "input_len": input_len,
-                    "horizon": horizon,
-                    "frame_shape": frame_shape,
-                },
-                "settings": {
-                    "data_range": float(self._data_range),
-                    "clip": None if clip is None else [float(c) for c in clip],
-                    "thresholds": self.thresholds,
-                },
-                "conventions": CONVENTIONS,
-                "forecasters": forecasters,
-                "provenance": {
-                    "command": command_line(),
-                    "lightning version": L.__version__,
-                    "torch version": torch.__version__,
-                    "processes": self.trainer.world_size,
-                },
-                "config": config_to_dict(self.config),
-            }
-        )
+        results = {
+            "convlstm_version": convlstm.__version__,
+            "dataset": {
+                "name": getattr(dataset, "name", type(dataset).__name__),
+                "num_sequences": count,
+                "input_len": input_len,
+                "horizon": horizon,
+                "frame_shape": frame_shape,
+                **masked_entry(masked.cpu()),
+            },
+            "settings": {
+                "data_range": float(self._data_range),
+                "clip": None if clip is None else [float(c) for c in clip],
+                "thresholds": self._thresholds,
+            },
+            "conventions": CONVENTIONS,
+            "forecasters": forecasters,
+            "provenance": {
+                "command": command_line(),
+                "lightning version": L.__version__,
+                "torch version": torch.__version__,
+                "processes": self.trainer.world_size,
+            },
+            "config": config_to_dict(self.config),
+        }
+        add_units(results, dataset, self.data_transform)
+        self.test_results = json_safe(results)
         for name, scores in self.test_results["forecasters"].items():
             for metric, value in scores.items():
                 if value["overall"] is not None:
                     self.log(f"test/{name}/{metric}", value["overall"], sync_dist=True)
         if self.report_dir is not None and self.trainer.is_global_zero:
             indices = sample_indices(min(count, len(dataset)), self.num_gifs)  # type: ignore[arg-type]
+            model = self._forecasters["model"]  # in mm/h for a rain model
             with torch.autocast(self.device.type, enabled=False):
-                samples = collect_samples(self.model, dataset, indices, horizon=horizon)
+                samples = collect_samples(model, dataset, indices, horizon=horizon)
             write_report(self.test_results, self.report_dir, samples=samples, overwrite=True)
 
     # -- checkpoints: also convlstm's layout
@@ -530,6 +592,8 @@ class ForecastModule(L.LightningModule):
             },
             precision=_precision_name(self.trainer),
         )
+        if self.data_transform is not None:  # rain data: the model loads in mm/h
+            entries["data_transform"] = self.data_transform.to_dict()
         # the weights once: model_state shares the tensors of Lightning's state_dict
         state = checkpoint.get("state_dict", {})
         shared = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
@@ -542,3 +606,4 @@ class ForecastModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.best_metric = checkpoint.get("best_metric", self.best_metric)
         self.skipped = int((checkpoint.get("trainer") or {}).get("skipped", 0))
+        self.data_transform = checkpoint_transform(checkpoint, "the Lightning checkpoint")

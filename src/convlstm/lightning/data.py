@@ -56,7 +56,9 @@ class ForecastDataModule(L.LightningDataModule):
     epoch, incomplete batches dropped); generated datasets give fresh sequences every epoch when
     the trainer reloads the loaders (``reload_dataloaders_every_n_epochs=1``, in
     :func:`trainer_options`). Validation and test batches hold ``run.eval_batch_size``
-    sequences, every sequence on exactly one process.
+    sequences, every sequence on exactly one process. Radar archives' batches carry their
+    validity mask as a third tensor (:mod:`convlstm.data.archive`); the test data of a rain
+    model (one with a data transform) are read in mm/h.
 
     Args:
         config: the configuration (as for :class:`ForecastModule`).
@@ -135,20 +137,32 @@ class ForecastDataModule(L.LightningDataModule):
             self.val_set, self.config.run.eval_batch_size, _Shard(self.val_set, *self._world())
         )
 
-    def test_dataset(self) -> Dataset[Any]:
-        """The data of ``Trainer.test`` (see the class docstring)."""
+    def test_dataset(self, physical_units: bool = False) -> Dataset[Any]:
+        """The data of ``Trainer.test`` (see the class docstring).
+
+        Args:
+            physical_units: read rain data without their configured transform, in mm/h
+                (:func:`convlstm.units.untransformed`), as ``convlstm evaluate`` reads them for
+                a rain model: :meth:`test_dataloader` asks for it when the trainer's module
+                carries a data transform (``ForecastModule.data_transform``).
+        """
         from convlstm.evaluation import resolve_dataset
+        from convlstm.units import untransformed
 
         data = self.test_data
         if data is None:
             data = self.config.data.options.get("source") or self.config.data.name
-        dataset = resolve_dataset(data, config_to_dict(self.config), num_samples=self.test_samples)
+        config = config_to_dict(self.config)
+        if physical_units:
+            config = untransformed(config)
+        dataset = resolve_dataset(data, config, num_samples=self.test_samples)
         if self.test_samples is not None and self.test_samples < len(dataset):  # type: ignore[arg-type]
             dataset = Subset(dataset, range(self.test_samples))
         return dataset
 
     def test_dataloader(self) -> DataLoader[Any]:
-        dataset = self.test_dataset()
+        module = None if self.trainer is None else self.trainer.lightning_module
+        dataset = self.test_dataset(getattr(module, "data_transform", None) is not None)
         return self._loader(
             dataset, self.config.run.eval_batch_size, _Shard(dataset, *self._world())
         )

@@ -34,7 +34,7 @@ from convlstm.models import EncoderForecaster, create_model
 from convlstm.training import budget as _budget
 from convlstm.training import progress, rundir
 from convlstm.training.datasets import batches, build_datasets, is_generated
-from convlstm.training.losses import training_loss
+from convlstm.training.losses import training_loss, validation_sums
 from convlstm.training.precision import autocast, resolve_precision
 from convlstm.training.schedule import Schedule, teacher_forcing
 from convlstm.training.signals import Signals, TrainingInterrupted
@@ -417,16 +417,11 @@ class Trainer:
             self.val_set, indices, self.config.run.eval_batch_size, self.config.data.num_workers, 0
         )
         total = torch.zeros(2, dtype=torch.float64)
-        for inputs, targets, *mask in loader:
+        for inputs, targets, *mask in loader:  # pixels without data count no error
             inputs = inputs.to(self.device)
             with autocast(self.device, self.precision):
                 pred = self.model(inputs, targets.shape[1])
-            error = (pred.float().cpu() - targets).square()
-            if mask:  # pixels without data count no error
-                valid = mask[0][:, inputs.shape[1] :] > 0
-                error = torch.where(valid, error, torch.zeros_like(error))
-            error = error.sum()
-            total += torch.tensor([float(error), targets.shape[0] * targets.shape[1]])
+            total += validation_sums(pred.float().cpu(), targets, *mask)
         total = self.ctx.all_reduce(total)
         return float(total[0] / total[1]) if total[1] else math.nan
 

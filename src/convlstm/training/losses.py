@@ -1,5 +1,6 @@
-"""The training losses of ``convlstm train`` (``optim.loss``), shared with the Lightning module
-(:class:`convlstm.lightning.ForecastModule`) so that the two cannot drift apart."""
+"""The training losses of ``convlstm train`` (``optim.loss``) and its validation metric, shared
+with the Lightning module (:class:`convlstm.lightning.ForecastModule`) so that the two cannot
+drift apart."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from convlstm.config import LOSSES, OptimConfig
 from convlstm.data.transforms import RainTransform
 from convlstm.masking import masked_mae, masked_mean, masked_mse, masked_pinball
 
-__all__ = ["forecast_loss", "rain_weights", "training_loss"]
+__all__ = ["forecast_loss", "rain_weights", "training_loss", "validation_sums"]
 
 
 def forecast_loss(
@@ -139,3 +140,33 @@ def training_loss(
     if weight:
         total = total + weight * loss(pred[:, :seen], inputs[:, 1:], slice(1, seen + 1))
     return total
+
+
+def validation_sums(pred: Tensor, targets: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The sums of one validation batch behind the validation MSE per frame
+    (``val_mse_frame``), as ``convlstm train`` and the Lightning module compute them: the
+    squared error summed over the target pixels that have data, and the number of frames. The
+    metric is the first sum over the second, both summed over all batches (and processes).
+
+    Args:
+        pred: the forecast ``(B, T_out, C, H, W)``, any float dtype.
+        targets: ``(B, T_out, C, H, W)``, on ``pred``'s device.
+        mask: the windows' mask ``(B, T_in + T_out, C or 1, H, W)`` (1 where the data have a
+            value; its last ``T_out`` frames are the targets'), or ``None``: masked pixels
+            count no error, whatever their values.
+
+    Returns:
+        ``[squared error, frames]``, float64, on ``pred``'s device.
+
+    >>> pred, targets = torch.zeros(1, 2, 1, 2, 2), torch.ones(1, 2, 1, 2, 2)
+    >>> mask = torch.ones(1, 3, 1, 2, 2)
+    >>> mask[:, 2, :, 0] = 0  # the last target frame has data in its second row only
+    >>> validation_sums(pred, targets, mask).tolist()
+    [6.0, 2.0]
+    """
+    error = (pred.float() - targets.float()).square()
+    if mask is not None:
+        valid = mask[:, mask.shape[1] - targets.shape[1] :].to(error.device) > 0
+        error = torch.where(valid, error, torch.zeros_like(error))
+    frames = targets.shape[0] * targets.shape[1]
+    return torch.stack((error.sum().double(), error.new_tensor(frames, dtype=torch.float64)))

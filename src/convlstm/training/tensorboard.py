@@ -35,6 +35,7 @@ __all__ = [
     "TrainingBoard",
     "available",
     "declare_hparams",
+    "first_sequences",
     "flat_hparams",
     "forecast_grid",
     "log_forecasts",
@@ -54,6 +55,18 @@ def available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def first_sequences(dataset: Dataset[Any]) -> tuple[Tensor, Tensor] | None:
+    """The inputs ``(N, T_in, C, H, W)`` and the truth ``(N, T_out, C, H, W)`` (float32) of the
+    first :data:`FORECAST_SEQUENCES` sequences of ``dataset``, whose items are ``(inputs,
+    targets)`` or ``(inputs, targets, mask)``; ``None`` when it is empty."""
+    count = min(FORECAST_SEQUENCES, len(dataset))  # type: ignore[arg-type]
+    if not count:
+        return None
+    pairs = [dataset[i][:2] for i in range(count)]  # a third item is the mask (radar archives)
+    inputs, truth = (torch.stack([torch.as_tensor(p[k]) for p in pairs]).float() for k in (0, 1))
+    return inputs, truth
 
 
 def open_writer(log_dir: str | Path, purge_step: int | None = None) -> Any:
@@ -195,12 +208,11 @@ class TrainingBoard:
         self, log_dir: str | Path, val_set: Dataset[Any], purge_step: int | None = None
     ) -> None:
         self.writer = open_writer(log_dir, purge_step)
-        count = min(FORECAST_SEQUENCES, len(val_set))  # type: ignore[arg-type]
-        pairs = [val_set[i] for i in range(count)]
-        self.inputs: Tensor | None = torch.stack([x for x, _ in pairs]) if pairs else None
+        sequences = first_sequences(val_set)
+        self.inputs: Tensor | None = None if sequences is None else sequences[0]
         """The fixed sequences' input frames ``(N, T_in, C, H, W)``, or ``None`` without
         validation data."""
-        self.truth: Tensor | None = torch.stack([y for _, y in pairs]) if pairs else None
+        self.truth: Tensor | None = None if sequences is None else sequences[1]
         """Their true future ``(N, T_out, C, H, W)``."""
 
     def scalars(self, values: Mapping[str, float | None], step: int) -> None:
