@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from convlstm.data import (
     SyntheticRadar,
     dbz_to_rain,
+    evolving_power_law_noise,
     inverse_log_rain,
     log_rain,
     power_law_noise,
@@ -101,6 +102,83 @@ def test_power_law_noise_has_the_requested_spectral_slope():
     assert slope == pytest.approx(-3.0, abs=0.2)
 
 
+def test_default_output_is_unchanged():
+    """Values of the default generator before ``lifetime`` existed (results stay reproducible)."""
+    sequence = SyntheticRadar(num_samples=2, seed=0).generate(1)
+    points = ([0, 4, 8, 13, 16, 19], [0, 10, 58, 10, 53, 63], [13, 44, 13, 22, 6, 58])
+    expected = [1.0398603677749634, 3.457998037338257, 1.987532138824463, 12.605224609375]
+    expected += [0.37438079714775085, 0.27821215987205505]
+    np.testing.assert_allclose(sequence.rain[points], expected, rtol=1e-6)
+    assert sequence.rain.astype(np.float64).sum() == pytest.approx(62939.1601664921, rel=1e-6)
+    assert (sequence.rain > 0).mean() == 0.31458740234375
+    np.testing.assert_allclose(
+        sequence.motion[[0, -1], :, 5, 7].ravel(),
+        [-0.18042153120040894, 1.0076682567596436, -0.2542301416397095, 1.0070115327835083],
+        rtol=1e-6,
+    )
+
+
+def _wavenumbers(shape: tuple[int, int]) -> np.ndarray:
+    """``|k|`` in cycles per pixel on the ``rfft2`` grid of ``shape``."""
+    return np.hypot(np.fft.fftfreq(shape[0])[:, None], np.fft.rfftfreq(shape[1])[None, :])
+
+
+def test_evolving_noise_decorrelates_each_scale_as_its_lifetime_says():
+    shape, beta, scale_break, lifetime = (64, 64), 3.0, 16.0, 4.0
+    k = _wavenumbers(shape)
+    rho = np.exp(-k * scale_break / lifetime)  # lifetime_exponent = 1
+    power = np.maximum(k, 1 / scale_break) ** -beta
+    bands = [(0.02, 0.04), (0.06, 0.1), (0.15, 0.25), (0.3, 0.5)]
+    cross, energy_before, energy_after = np.zeros((3, len(bands)))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        first = power_law_noise(rng, 1, shape, beta, scale_break)[0]
+        frames = evolving_power_law_noise(rng, first, 30, beta, scale_break, lifetime)
+        spectra = np.fft.rfft2(np.stack(list(frames)))  # (T, H, W // 2 + 1)
+        for b, (low, high) in enumerate(bands):
+            band = (k >= low) & (k < high)
+            before, after = spectra[:-1, band], spectra[1:, band]
+            cross[b] += np.real(before * after.conj()).sum()
+            energy_before[b] += (np.abs(before) ** 2).sum()
+            energy_after[b] += (np.abs(after) ** 2).sum()
+    measured = cross / np.sqrt(energy_before * energy_after)
+    expected = [
+        (rho * power)[(k >= low) & (k < high)].sum() / power[(k >= low) & (k < high)].sum()
+        for low, high in bands
+    ]
+    np.testing.assert_allclose(measured, expected, atol=0.04)
+    assert np.all(np.diff(measured) < -0.1)  # small scales decorrelate faster
+
+
+def test_evolving_noise_keeps_the_spectrum():
+    shape, rng = (64, 64), np.random.default_rng(1)
+    last = []
+    for _ in range(8):
+        first = power_law_noise(rng, 1, shape, 3.0, 16.0)[0]
+        *_, field = evolving_power_law_noise(rng, first, 12, 3.0, 16.0, 2.0, 1.5)
+        last.append(field)
+    power = (np.abs(np.fft.rfft2(np.stack(last))) ** 2).mean(axis=0)
+    k = _wavenumbers(shape)
+    band = (k > 0.08) & (k < 0.4)
+    slope = np.polyfit(np.log(k[band]), np.log(power[band]), 1)[0]
+    assert slope == pytest.approx(-3.0, abs=0.2)
+    np.testing.assert_allclose(np.stack(last).std(axis=(1, 2)), 1.0)
+
+
+def test_lifetime_evolves_only_the_structure():
+    options = {"num_samples": 4, "size": 32, "seed": 7}
+    static = SyntheticRadar(**options).generate(2)
+    evolving = SyntheticRadar(**options, lifetime=3.0).generate(2)
+    np.testing.assert_array_equal(evolving.motion, static.motion)
+    np.testing.assert_array_equal(evolving.rain[0], static.rain[0])
+    assert np.abs(evolving.rain[-1] - static.rain[-1]).mean() > 0.1 * static.rain[-1].mean()
+    again = SyntheticRadar(**options, lifetime=3.0)
+    assert again.generate(2).rain.tobytes() == evolving.rain.tobytes()
+    assert again.generate(3).rain.tobytes() != evolving.rain.tobytes()
+    nearly_static = SyntheticRadar(**options, lifetime=1e12).generate(2)
+    np.testing.assert_allclose(nearly_static.rain, static.rain, rtol=1e-3, atol=2e-3)
+
+
 def test_transform_option_applies_to_inputs_and_targets():
     plain = SyntheticRadar(num_samples=2, size=16, input_len=2, output_len=2)
     for name, function in [("dbz", rain_to_dbz), ("log", log_rain)]:
@@ -168,9 +246,17 @@ def test_transforms_are_pure_and_keep_type_and_dtype():
         ({"growth_decay": 1.0}, "growth_decay"),
         ({"speed_range": (-1.0, 1.0)}, "speed_range"),
         ({"spectral_exponent": float("nan")}, "spectral_exponent"),
+        ({"lifetime": 0.0}, r"lifetime must be a finite number in \(0, inf\], got 0.0"),
+        ({"lifetime": float("inf")}, "lifetime"),
+        ({"lifetime": 5.0, "lifetime_exponent": -1.0}, "lifetime_exponent .* got -1.0"),
         ({"size": (100_000, 100_000)}, "GiB"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SyntheticRadar(**kwargs)
+
+
+def test_lifetime_must_be_a_number():
+    with pytest.raises(TypeError, match=r"lifetime must be a real number, got '5'"):
+        SyntheticRadar(lifetime="5")

@@ -29,7 +29,7 @@ from .archive import RadarArchive, RadarArchiveDataset
 from .arrays import ArrayDataset, split_record
 from .mnist import bundled_mnist_digits, load_mnist_digits
 from .moving_mnist import MovingMNIST, MovingMNISTFile, write_moving_mnist
-from .radar import RadarSequence, SyntheticRadar, power_law_noise
+from .radar import RadarSequence, SyntheticRadar, evolving_power_law_noise, power_law_noise
 from .registry import get_dataset, list_datasets, register_dataset
 from .transforms import dbz_to_rain, inverse_log_rain, log_rain, rain_to_dbz
 
@@ -43,6 +43,7 @@ __all__ = [
     "SyntheticRadar",
     "bundled_mnist_digits",
     "dbz_to_rain",
+    "evolving_power_law_noise",
     "get_dataset",
     "inverse_log_rain",
     "list_datasets",
