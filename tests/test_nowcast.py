@@ -119,6 +119,32 @@ def test_cf_netcdf_round_trip_xarray_and_pysteps(tmp_path):
     assert metadata["unit"] == "mm/h" and metadata["xpixelsize"] == 1000.0
 
 
+def test_cf_netcdf_grid_pixel_indices_degrees_and_crs(tmp_path):
+    """Without coordinates the axes are pixel indices without units; ``degrees`` make them
+    longitude and latitude; a grid mapping becomes the variable ``precip_intensity`` names."""
+    xr = pytest.importorskip("xarray")
+    valid = np.array(["2026-07-01T12:05", "2026-07-01T12:10"], dtype="datetime64[m]")
+    values = np.ones((2, 3, 4))
+    plain = write_cf_netcdf(tmp_path / "plain.nc", values, valid, [5, 10])
+    lon, lat = 10.0 + 0.5 * np.arange(4), 50.0 - 0.5 * np.arange(3)
+    crs = {"grid_mapping_name": "latitude_longitude", "semi_major_axis": 6378137.0}
+    geo = write_cf_netcdf(
+        tmp_path / "geo.nc", values, valid, [5, 10], lon, lat, xy_units="degrees", grid_mapping=crs
+    )
+    with xr.open_dataset(plain) as ds:
+        np.testing.assert_array_equal(ds.x.values, np.arange(4))
+        assert "units" not in ds.x.attrs and "units" not in ds.y.attrs
+        assert "grid_mapping" not in ds.precip_intensity.attrs
+    with xr.open_dataset(geo) as ds:
+        np.testing.assert_array_equal(ds.y.values, lat)
+        assert ds.x.attrs == {"standard_name": "longitude", "units": "degrees_east"}
+        assert ds.y.attrs == {"standard_name": "latitude", "units": "degrees_north"}
+        assert ds.precip_intensity.attrs["grid_mapping"] == "latitude_longitude"
+        assert ds.latitude_longitude.attrs == crs
+    with pytest.raises(ValueError, match="x must have 4 values, one per pixel"):
+        write_cf_netcdf(tmp_path / "bad.nc", values, valid, [5, 10], lat, lat)
+
+
 def test_cf_netcdf_errors(tmp_path):
     pytest.importorskip("xarray")
     valid = np.array(["2026-07-01T12:05", "2026-07-01T12:10"], dtype="datetime64[m]")

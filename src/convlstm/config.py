@@ -249,6 +249,13 @@ def _check_type(value: Any, hint: Any, name: str) -> Any:
         if isinstance(value, list | tuple):
             (item,) = typing.get_args(hint)
             return [_check_type(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    elif origin is tuple:
+        items = typing.get_args(hint)
+        if isinstance(value, list | tuple) and len(value) == len(items):
+            return tuple(
+                _check_type(v, t, f"{name}[{i}]")
+                for i, (v, t) in enumerate(zip(value, items, strict=True))
+            )
     elif origin is dict:
         if isinstance(value, dict) and all(isinstance(k, str) for k in value):
             return dict(value)

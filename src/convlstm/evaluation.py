@@ -333,17 +333,28 @@ def _same_file(a: str | os.PathLike[str], b: object) -> bool:
 
 
 def _file_dataset(
-    path: Path, cfg: Mapping[str, Any], input_len: int, output_len: int, layout: str | None
+    path: Path,
+    cfg: Mapping[str, Any],
+    input_len: int,
+    output_len: int,
+    layout: str | None,
+    archive: Mapping[str, Any] | None,
 ) -> Dataset:
-    """A file's dataset: the training file's validation split as in training, the Moving MNIST
-    layout, or the user's arrays read like the training arrays."""
+    """A file's dataset: a radar archive over the whole domain, the training file's validation
+    split as in training, the Moving MNIST layout, or the user's arrays read like the training
+    arrays."""
     trained = normalise_name(cfg["name"], "dataset")
     options = {**cfg.get("options", {}), **cfg.get("val_options", {})}
-    if trained == "radar_archive" and layout is None:  # the whole domain: no crop
-        kept = {k: v for k, v in options.items() if k not in ("source", "crop")}
-        if not _same_file(path, options.get("source")):
-            kept.pop("split", None)
-        return get_dataset(trained, source=path, **kept, input_len=input_len, output_len=output_len)
+    if layout is None and (trained == "radar_archive" or archive is not None):
+        kept = {}  # the training archive's options, over the whole domain: no crop
+        if trained == "radar_archive":
+            kept = {k: v for k, v in options.items() if k not in ("source", "crop")}
+            if not _same_file(path, options.get("source")):
+                kept.pop("split", None)
+        kept |= archive or {}
+        return get_dataset(
+            "radar_archive", source=path, **kept, input_len=input_len, output_len=output_len
+        )
     if layout is None and _same_file(path, options.get(_FILE_OPTIONS.get(trained, ""))):
         split = {"split": "val"} if trained == "array" else {}
         return get_dataset(trained, **split, **options, input_len=input_len, output_len=output_len)
@@ -366,6 +377,7 @@ def resolve_dataset(
     horizon: int | None = None,
     layout: str | None = None,
     seed: int | None = None,
+    archive: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """The dataset named or stored at ``data``, cut like the checkpoint's training data.
 
@@ -373,7 +385,9 @@ def resolve_dataset(
       with the training options (as :func:`convlstm.training.build_datasets` does);
     * for a checkpoint trained on a radar archive (``radar_archive``), any archive path
       (``layout=None``): read with the training options but over the whole domain (no
-      ``crop``), items carrying their mask;
+      ``crop``), items carrying their mask; with ``archive``
+      (:class:`~convlstm.data.RadarArchive` arguments, overriding the training ones), any
+      path is read so, whatever the checkpoint was trained on;
     * another existing path: ``layout="moving_mnist"``, or (unless the checkpoint was trained
       on arrays) a ``.npy`` holding a 4-D ``uint8`` array, is read as the published Moving
       MNIST layout ``(T, N, H, W)`` (:class:`~convlstm.data.MovingMNISTFile`); any other file
@@ -396,11 +410,15 @@ def resolve_dataset(
     input_len, output_len = cfg["input_len"], horizon or cfg["horizon"]
     if layout is not None and layout not in DATA_LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(DATA_LAYOUTS)}, got {layout!r}")
+    if archive is not None and layout is not None:
+        raise ValueError(f"layout {layout!r} reads array files, not a radar archive (archive=)")
     path = Path(data)
     if path.exists():
         if seed is not None:
             raise ValueError(f"seed applies to generated datasets only, not to the file {data}")
-        return _file_dataset(path, cfg, input_len, output_len, layout)
+        return _file_dataset(path, cfg, input_len, output_len, layout, archive)
+    if archive is not None:
+        raise FileNotFoundError(f"{data}: no such radar archive (archive= reads a path)")
     name = normalise_name(str(data))
     if name in GENERATED_DATASETS:
         options: dict[str, Any] = {
@@ -548,6 +566,7 @@ def evaluate_checkpoint(
     progress: bool = True,
     pretrained: str | os.PathLike[str] | None = None,
     seed: int | None = None,
+    archive: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved checkpoint (or a pretrained model) on ``data`` and write a report
     folder to ``out_dir``.
@@ -556,7 +575,10 @@ def evaluate_checkpoint(
     shipped name or a folder written by :func:`~convlstm.pretrained.save_pretrained`): exactly
     one is given (:func:`~convlstm.pretrained.load_pretrained_or_checkpoint`).
 
-    ``data`` (with ``seed``, for generated data) is resolved by :func:`resolve_dataset`; the frames are checked against the model
+    ``data`` (with ``seed``, for generated data, and ``archive``, the
+    :class:`~convlstm.data.RadarArchive` arguments of a radar archive read by a rain
+    checkpoint) is resolved by
+    :func:`resolve_dataset`; the frames are checked against the model
     (:func:`check_fit`). Data of sigmoid models are taken to lie in [0, 1] (``data_range=1``,
     predictions clipped to [0, 1]); for unbounded models predictions are not clipped and
     ``data_range`` defaults to the largest target value among the first 16 sequences.
@@ -598,9 +620,20 @@ def evaluate_checkpoint(
         checkpoint=checkpoint, pretrained=pretrained, map_location=device, physical_units=True
     )
     transform = model.transform if isinstance(model, PhysicalUnits) else None
+    if archive is not None and transform is None:
+        raise ValueError(
+            "archive= reads a radar archive in mm/h, which needs a rain checkpoint (trained on "
+            "radar data, carrying its data transform); this one forecasts in its own units"
+        )
     data_config = config if transform is None else untransformed(config)
     dataset = resolve_dataset(
-        data, data_config, num_samples=num_samples, horizon=horizon, layout=layout, seed=seed
+        data,
+        data_config,
+        num_samples=num_samples,
+        horizon=horizon,
+        layout=layout,
+        seed=seed,
+        archive=archive,
     )
     check_fit(model, dataset, str(data))
     # rain: scored in mm/h, unclipped, HKO-7 thresholds, the field's baselines

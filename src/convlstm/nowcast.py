@@ -140,7 +140,8 @@ def write_cf_netcdf(
     x: np.ndarray | None = None,
     y: np.ndarray | None = None,
     *,
-    xy_units: str = "m",
+    xy_units: str | None = "m",
+    grid_mapping: dict[str, Any] | None = None,
     attrs: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -156,8 +157,15 @@ def write_cf_netcdf(
         forecast_mm_h: ``(L, H, W)`` rain rates in mm/h.
         valid_times: ``L`` valid times (``datetime64`` or strings).
         lead_times: ``L`` lead times (``timedelta64``, or numbers of minutes).
-        x, y: ``W`` and ``H`` coordinates of the pixel centres (default pixel indices).
-        xy_units: units of ``x`` and ``y``.
+        x, y: ``W`` and ``H`` coordinates of the pixel centres (default pixel indices,
+            without units).
+        xy_units: units of ``x`` and ``y`` (``None``: unknown, no ``units`` attribute);
+            ``"degrees"`` makes them longitude and latitude (``degrees_east``,
+            ``degrees_north``), other units projection coordinates.
+        grid_mapping: the grid's CRS as CF grid-mapping attributes (``grid_mapping_name``,
+            ``crs_wkt``, ... as :attr:`convlstm.data.RadarArchive.grid_mapping` holds them),
+            written as a scalar variable named after its ``grid_mapping_name`` (as pysteps'
+            exporter names it; ``crs`` without one) that ``precip_intensity`` refers to.
         attrs: extra global attributes (``institution``, ``source``, ...).
         overwrite: replace an existing file.
 
@@ -198,18 +206,32 @@ def write_cf_netcdf(
         raise ValueError(
             f"valid_times - lead_times must be one reference time, got {reference.tolist()}"
         )
-    x = np.arange(width, dtype=np.float64) if x is None else np.asarray(x, dtype=np.float64)
-    y = np.arange(height, dtype=np.float64) if y is None else np.asarray(y, dtype=np.float64)
-    if x.shape != (width,) or y.shape != (height,):
-        raise ValueError(f"x and y must have {width} and {height} values, got {x.shape}, {y.shape}")
     ref = str(reference[0]).replace("T", " ")
+    geographic = xy_units is not None and xy_units.lower().startswith("degree")
+    axes = {}
+    for name, given, size, geo in (("x", x, width, "longitude"), ("y", y, height, "latitude")):
+        if given is None:  # pixel indices: no units, no standard name
+            axes[name] = (name, np.arange(size, dtype=np.float64), {"long_name": f"{name} index"})
+            continue
+        centres = np.asarray(given, dtype=np.float64)
+        if centres.shape != (size,):
+            raise ValueError(f"{name} must have {size} values, one per pixel, got {centres.shape}")
+        axis_attrs = {"standard_name": geo if geographic else f"projection_{name}_coordinate"}
+        if xy_units is not None:
+            axis_attrs["units"] = xy_units
+            if geographic:
+                axis_attrs["units"] = "degrees_east" if name == "x" else "degrees_north"
+        axes[name] = (name, centres, axis_attrs)
+    data_attrs = {"units": "mm h-1", "long_name": "forecast precipitation rate"}
+    extra: dict[str, Any] = {}
+    if grid_mapping:
+        mapping = str(grid_mapping.get("grid_mapping_name") or "crs")
+        data_attrs["grid_mapping"] = mapping
+        extra[mapping] = ((), np.int32(0), dict(grid_mapping))
     dataset = xr.Dataset(
         {
-            "precip_intensity": (
-                ("time", "y", "x"),
-                values,
-                {"units": "mm h-1", "long_name": "forecast precipitation rate"},
-            )
+            "precip_intensity": (("time", "y", "x"), values, data_attrs),
+            **extra,
         },
         coords={
             "time": ("time", valid, {"standard_name": "time", "long_name": "valid time"}),
@@ -219,8 +241,7 @@ def write_cf_netcdf(
                 reference[0],
                 {"standard_name": "forecast_reference_time"},
             ),
-            "x": ("x", x, {"units": xy_units, "standard_name": "projection_x_coordinate"}),
-            "y": ("y", y, {"units": xy_units, "standard_name": "projection_y_coordinate"}),
+            **axes,
         },
         attrs={"Conventions": "CF-1.8", "source": "convlstm", **(attrs or {})},
     )

@@ -11,11 +11,15 @@ order; an option's value may start with ``-`` when it is a number or a list of n
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import operator
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,9 +31,11 @@ __all__ = [
     "LAYOUT_CHOICES",
     "CliError",
     "OneLineParser",
+    "add_archive",
     "add_layout",
     "add_model_source",
     "add_overwrite",
+    "archive_options",
     "array_header",
     "check_targets",
     "cli_device",
@@ -287,6 +293,87 @@ def frames_layout(
     if layout == "samples":
         return "NTHW" if ndim == 4 else "NTCHW"
     return layout
+
+
+# --------------------------------------------------------------------------------- --archive
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def add_archive(parser: argparse.ArgumentParser, data: str) -> None:
+    """The repeatable ``--archive KEY=VALUE`` option of ``predict`` and ``evaluate``: a
+    :class:`~convlstm.data.RadarArchive` argument for the radar archive ``data`` names."""
+    parser.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"how to read the radar archive {data}, repeatable: a RadarArchive argument "
+        "(pattern, time_format, format, variable, units, quantity, timestep, zr, "
+        "importer_kwargs) with a YAML value, such as time_format=%%Y%%m%%d%%H%%M, "
+        "units=dBZ, zr=[200,1.6], timestep=5 (minutes)",
+    )
+
+
+def _archive_hints() -> dict[str, Any]:
+    """The :class:`~convlstm.data.RadarArchive` arguments other than ``source``, typed by
+    what a command line can write (numbers, not ``timedelta`` objects)."""
+    from convlstm.data.archive import RadarArchive
+
+    hints = typing.get_type_hints(RadarArchive.__init__)
+    written = {}
+    for key, hint in hints.items():
+        if key in ("source", "return"):
+            continue
+        if typing.get_origin(hint) in (types.UnionType, typing.Union):
+            members = typing.get_args(hint)
+            kept = [m for m in members if m in _SCALARS or typing.get_origin(m) is not None]
+            hint = functools.reduce(operator.or_, kept)
+        written[key] = hint
+    return written
+
+
+def archive_options(
+    items: Sequence[str], trained: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The :class:`~convlstm.data.RadarArchive` keyword arguments of ``--archive KEY=VALUE``
+    items, each value parsed as a ``section.key=value`` override's is (YAML: ``[200, 1.6]``,
+    ``none``; plain text where text is allowed) and checked against the argument's type.
+
+    With ``trained`` (a checkpoint's ``data`` configuration), the archive arguments of its
+    training data (``options`` and ``val_options`` of ``radar_archive`` data) come first, so
+    that an archive like the training one needs no ``--archive``; the items override them.
+
+    Raises:
+        CliError: (exit status 2) an item that is not ``KEY=VALUE``, an unknown key or a value
+            of the wrong type, naming ``--archive``, what was expected and what was given.
+
+    >>> archive_options(["time_format=%Y%m%d%H%M", "zr=[300, 1.5]", "timestep=5"])
+    {'time_format': '%Y%m%d%H%M', 'zr': (300.0, 1.5), 'timestep': 5.0}
+    """
+    from convlstm.config import ConfigError, _parse_text
+
+    hints = _archive_hints()
+    options: dict[str, Any] = {}
+    if trained is not None and normalise_name(str(trained.get("name", ""))) == "radar_archive":
+        used = {**trained.get("options", {}), **trained.get("val_options", {})}
+        options = {key: value for key, value in used.items() if key in hints}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CliError(
+                f"--archive {item!r}: expected KEY=VALUE (such as time_format=%Y%m%d%H%M)", 2
+            )
+        if key not in hints:
+            raise CliError(
+                f"--archive {item}: unknown key {key!r}; expected one of {', '.join(hints)}", 2
+            )
+        try:
+            options[key] = _parse_text(text, hints[key], key)
+        except ConfigError as error:
+            raise CliError(f"--archive {item}: {error}", 2) from None
+    return options
 
 
 # ------------------------------------------------------------------- the order of arguments

@@ -1,7 +1,9 @@
 """``convlstm evaluate``: score a checkpoint against baselines and write a report folder (see
 :func:`convlstm.evaluation.evaluate_checkpoint`).
 
-``--layout`` is the option of ``convlstm predict``, and a file is read the same way in both.
+``--layout`` is the option of ``convlstm predict``, and a file is read the same way in both;
+so is ``--archive KEY=VALUE``, which reads ``--data`` as a radar archive (a rain checkpoint's,
+over the whole domain) with those :class:`~convlstm.data.RadarArchive` arguments.
 A data file holding NaN or infinite values is refused (exit status 1). ``--overwrite`` replaces
 only a report folder that convlstm wrote (see :mod:`convlstm._outputs`), never a training run,
 another folder, a file or a link.
@@ -19,9 +21,11 @@ import numpy as np
 
 from convlstm.cli._args import (
     CliError,
+    add_archive,
     add_layout,
     add_model_source,
     add_overwrite,
+    archive_options,
     array_header,
     check_targets,
     cli_device,
@@ -106,6 +110,9 @@ def _evaluate_command(args: argparse.Namespace) -> None:
             get_baseline(name)
         except BaselineUnavailableError as error:
             raise CliError(f"--baselines {name}: {one_line(error)}") from None
+    archive = archive_options(args.archive) if args.archive else None
+    if archive is not None and args.layout is not None:
+        raise CliError("--layout reads array files; --archive reads --data as a radar archive", 2)
     check_targets([args.out], args.overwrite, "report")
     sources = {
         "--data": args.data,
@@ -141,6 +148,7 @@ def _evaluate_command(args: argparse.Namespace) -> None:
         progress=sys.stderr.isatty(),
         pretrained=args.pretrained,
         seed=args.seed,
+        archive=archive,
     )
     print(
         f"{results['dataset']['num_sequences']} sequences: {_scores(results)}; report in {args.out}"
@@ -171,7 +179,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "summary.html, per-lead-time curves and animated samples. DATA is a generated "
             "dataset (moving_mnist: validation digits; radar) or a file: a 4-D uint8 .npy is "
             "read as the published Moving MNIST layout (T, N, H, W), other arrays as your own "
-            "(--layout, the same option as convlstm predict's)."
+            "(--layout, the same option as convlstm predict's), a radar archive as one for a "
+            "checkpoint trained on one or with --archive."
         ),
     )
     add_model_source(parser)
@@ -195,6 +204,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--horizon", type=positive_int, help="lead times (default: trained)")
     add_layout(parser)
+    add_archive(
+        parser,
+        "--data (default: a path is one when the checkpoint was trained on one, read with "
+        "the training archive's arguments, which these override)",
+    )
     parser.add_argument(
         "--baselines",
         help="comma-separated baseline names (default: persistence,zeros; for rain also "

@@ -5,7 +5,9 @@ A 4-D array is read as ``convlstm evaluate`` reads it: a ``uint8`` ``.npy`` as t
 Moving MNIST layout ``(T, N, H, W)`` (``TNHW``) unless the checkpoint was trained on arrays (then
 with their ``layout``), else guessed from its shape; ``--layout`` decides. Inputs holding NaN or
 infinite values are refused (exit status 1); fewer input frames than the model was trained on
-give a warning. ``--overwrite`` replaces only a forecast file (``--out``: a ``.npy``/``.npz``;
+give a warning. With ``--out FILE.nc`` the input is a radar archive, read with the
+:class:`~convlstm.data.RadarArchive` arguments of the checkpoint's training archive updated by
+``--archive KEY=VALUE``, and the forecast is CF NetCDF on the archive's grid. ``--overwrite`` replaces only a forecast file (``--out``: a ``.npy``/``.npz``;
 ``--gif``: a GIF) or a folder of forecast PNGs (``--png``), never another file, folder or link.
 """
 
@@ -21,9 +23,11 @@ import torch
 from convlstm._atomic import atomic_dir, atomic_write_bytes, check_parent
 from convlstm.cli._args import (
     CliError,
+    add_archive,
     add_layout,
     add_model_source,
     add_overwrite,
+    archive_options,
     array_header,
     check_targets,
     cli_device,
@@ -78,8 +82,12 @@ def _write_pngs(folder: str, forecast: np.ndarray, vmax: float, overwrite: bool)
 
 def _predict_archive(args: argparse.Namespace) -> None:
     """``--out FILE.nc``: nowcast from the latest frames of the radar archive ``--input``
-    (a folder of ODIM/NetCDF files, a NetCDF file or a Zarr store, read in mm/h), written as
-    CF NetCDF with valid and lead times (:func:`convlstm.nowcast.write_cf_netcdf`)."""
+    (a folder of ODIM/NetCDF/GeoTIFF files, a NetCDF file, a Zarr store, or files a pysteps
+    importer reads; in mm/h), written as CF NetCDF with valid and lead times on the archive's
+    grid: its x/y coordinates with their units and its CRS where the files give them, else
+    pixel indices (:func:`convlstm.nowcast.write_cf_netcdf`). The archive is read with the
+    arguments of :func:`~convlstm.cli._args.archive_options`: the checkpoint's training
+    archive's, updated by ``--archive``."""
     from convlstm.data.archive import RadarArchive
     from convlstm.nowcast import write_cf_netcdf
     from convlstm.units import PhysicalUnits
@@ -94,10 +102,12 @@ def _predict_archive(args: argparse.Namespace) -> None:
             f"--out {args.out}: a CF NetCDF forecast needs a rain checkpoint (trained on radar "
             "data, carrying its data transform); this one forecasts in its own units"
         )
+    options = archive_options(args.archive, config.get("data", {}))
     try:
-        archive = RadarArchive(args.input)
-    except (OSError, ValueError) as error:
-        raise CliError(f"--input {args.input}: not a radar archive ({error})") from None
+        archive = RadarArchive(args.input, **options)
+    except (OSError, ValueError, TypeError) as error:
+        read = f" read with {options}" if options else ""
+        raise CliError(f"--input {args.input}{read}: not a radar archive ({error})") from None
     input_len, horizon = config["data"]["input_len"], args.horizon or config["data"]["horizon"]
     recent = archive.slots[-input_len:]
     if len(recent) < input_len or (recent < 0).any():
@@ -115,11 +125,16 @@ def _predict_archive(args: argparse.Namespace) -> None:
         forecast = model(inputs.to(device), horizon)[0, :, 0].float().cpu().numpy()
     forecast[:, np.isnan(frames[-1])] = np.nan  # no data in the latest frame: none forecast
     leads = np.arange(1, horizon + 1) * archive.timestep
+    y, x = archive.coordinates or (None, None)
     write_cf_netcdf(
         args.out,
         forecast,
         archive.times[-1] + leads,
         leads,
+        x,
+        y,
+        xy_units=archive.coordinate_units if archive.coordinates else None,
+        grid_mapping=archive.grid_mapping,
         attrs={"source": f"convlstm predict, model {args.checkpoint or args.pretrained}"},
         overwrite=args.overwrite,
     )
@@ -133,6 +148,8 @@ def _predict_command(args: argparse.Namespace) -> None:
     if str(args.out).endswith(".nc"):
         _predict_archive(args)
         return
+    if args.archive:
+        raise CliError("--archive applies to a radar archive forecast (--out FILE.nc)", 2)
     check_targets([args.out], args.overwrite, "forecast")
     check_targets([args.png], args.overwrite, "pngs", "--png")
     check_targets([args.gif], args.overwrite, "gif", "--gif")
@@ -195,7 +212,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         required=True,
         metavar="FILE_OR_DIR",
         help=".npy/.npz file or image folder; with --out .nc a radar archive (folder of "
-        "ODIM/NetCDF files, NetCDF file, Zarr store)",
+        "ODIM/NetCDF/GeoTIFF files, NetCDF file, Zarr store; see --archive)",
     )
     parser.add_argument(
         "--out",
@@ -207,6 +224,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--horizon", type=positive_int, help="frames to forecast (default: trained)"
     )
     add_layout(parser)
+    add_archive(parser, "--input (with --out .nc; default: as the checkpoint's training archive)")
     parser.add_argument("--png", metavar="DIR", help="also write every forecast frame as PNG")
     parser.add_argument("--gif", metavar="FILE", help="also animate the first sequence as GIF")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")

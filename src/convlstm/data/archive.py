@@ -129,6 +129,11 @@ class RadarArchive:
         shape: ``(H, W)``.
         coordinates: ``(y, x)`` coordinates of the pixel centres (``H`` and ``W`` values:
             NetCDF/Zarr coordinate variables, GeoTIFF pixel scale and tiepoint), or ``None``.
+        coordinate_units: units of :attr:`coordinates` (``"m"``, ``"km"``, ``"degrees"``, the
+            NetCDF/Zarr coordinate's ``units``), or ``None`` when the files do not say.
+        grid_mapping: the grid's CRS as CF grid-mapping attributes (the NetCDF/Zarr
+            ``grid_mapping`` variable's, or from a GeoTIFF's EPSG code with pyproj), or
+            ``None``.
     """
 
     def __init__(
@@ -194,6 +199,9 @@ class RadarArchive:
                     f"size {self.shape}: an archive needs one grid"
                 )
         self.coordinates = getattr(self.reader, "coordinates", lambda _: None)(files[0])
+        georeference = getattr(self.reader, "georeference", lambda _: (None, None))(files[0])
+        self.coordinate_units: str | None = georeference[0]
+        self.grid_mapping: dict[str, Any] | None = georeference[1]
 
     @staticmethod
     def _files(source: Any, pattern: str) -> list[str]:

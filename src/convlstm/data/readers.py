@@ -21,7 +21,10 @@ b=1.6`` by default, as in ``pysteps.utils.conversion.to_rainrate``):
 ``R = (10^(dBZ/10) / a)^(1/b)``.
 
 NetCDF/Zarr and GeoTIFF readers also have ``coordinates(path)``: the ``(y, x)`` coordinates of
-the pixel centres (1-D arrays of ``H`` and ``W`` values), or ``None`` when the file has none.
+the pixel centres (1-D arrays of ``H`` and ``W`` values), or ``None`` when the file has none;
+and ``georeference(path)``: the units of those coordinates (``"m"``, ``"km"``, ``"degrees"``,
+or ``None`` when the file does not say) and the grid's CRS as CF grid-mapping attributes
+(``grid_mapping_name``, ``crs_wkt``, ...), or ``None``.
 
 The heavy libraries (h5py, xarray, tifffile, pysteps) are imported on first use only.
 """
@@ -31,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from xml.etree import ElementTree
 
 import numpy as np
@@ -306,6 +309,18 @@ class XarrayReader:
                 return var[ydim].values, var[xdim].values
             return None
 
+    def georeference(self, path: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The ``units`` attribute of the x coordinate (``None`` without one) and the
+        attributes of the variable named by the frame variable's CF ``grid_mapping``
+        attribute (``None`` without one)."""
+        with self._open(path) as dataset:
+            var = self._variable(dataset, path)
+            xdim = var.dims[-1]
+            units = var[xdim].attrs.get("units") if xdim in var.coords else None
+            name = var.attrs.get("grid_mapping", var.encoding.get("grid_mapping"))
+            mapping = dict(dataset[name].attrs) if name in dataset.variables else None
+        return (None if units is None else str(units)), mapping
+
     def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
         """Frame ``index`` (``None`` for a ``(y, x)`` variable) in mm/h, ``NaN`` for no data."""
         with self._open(path) as dataset:
@@ -364,6 +379,10 @@ class GeoTiffReader:
     """
 
     _PIXEL_IS_POINT = 2  # GTRasterTypeGeoKey (1025): 1 PixelIsArea (the default), 2 PixelIsPoint
+    _GEOGRAPHIC = 2  # GTModelTypeGeoKey (1024): 1 projected, 2 geographic (longitude, latitude)
+    _USER_DEFINED = 32767  # a GeoKey value: not an EPSG code
+    # EPSG unit codes of ProjLinearUnitsGeoKey (3076) and GeogAngularUnitsGeoKey (2054)
+    _UNITS: ClassVar[dict[int, str]] = {9001: "m", 9036: "km", 9002: "ft", 9102: "degrees"}
 
     def __init__(self, units: str | None = None, zr: tuple[float, float] = (200.0, 1.6)):
         if units is not None:
@@ -435,6 +454,35 @@ class GeoTiffReader:
         columns = x + (np.arange(width) + centre - i) * float(scale[0])
         rows = y - (np.arange(height) + centre - j) * float(scale[1])  # rows go south
         return rows, columns
+
+    def georeference(self, path: str) -> tuple[str | None, dict[str, Any] | None]:
+        """The units of :meth:`coordinates` and the CRS from the GeoKeyDirectory: the units
+        of ``ProjLinearUnitsGeoKey`` (``GeogAngularUnitsGeoKey`` for a geographic CRS), else
+        of the EPSG CRS; the CRS as CF grid-mapping attributes (pyproj's ``CRS.to_cf()``)
+        when ``ProjectedCSTypeGeoKey`` (``GeographicTypeGeoKey``) is an EPSG code and pyproj
+        is installed (the ``nowcast`` extra), else ``None``."""
+        with self._open(path) as (page, _):
+            keys = page.geotiff_tags or {}
+        geographic = keys.get("GTModelTypeGeoKey") == self._GEOGRAPHIC
+        prefix = "Geographic" if geographic else "ProjectedCS"
+        code = keys.get(f"{prefix}TypeGeoKey")
+        unit = keys.get("GeogAngularUnitsGeoKey" if geographic else "ProjLinearUnitsGeoKey")
+        units = None if unit is None else self._UNITS.get(int(unit))
+        mapping = None
+        if code is not None and int(code) != self._USER_DEFINED:
+            try:
+                from pyproj import CRS
+                from pyproj.exceptions import CRSError
+            except ImportError:
+                return units, None
+            try:
+                crs = CRS.from_epsg(int(code))
+            except CRSError:
+                return units, None
+            mapping = crs.to_cf()
+            if unit is None:
+                units = self._UNITS.get(int(crs.axis_info[0].unit_code or 0))
+        return units, mapping
 
     def read(self, path: str, index: int | None, rows: slice, cols: slice) -> np.ndarray:
         """The frame (``index`` must be ``None`` or 0) in mm/h, ``NaN`` at nodata, ``NaN`` and
