@@ -66,9 +66,10 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 """Activations accepted by name for ``activation`` and ``recurrent_activation``."""
 
 PEEPHOLES = (None, "channel", "spatial")
-# How forward runs a call like its last checked one (ConvLSTMCell._validated).
-_SEPARATE, _JOINT, _STREAM = 0, 1, 2
 NORMS = (None, "layer", "group")
+# How forward runs a call like its last checked one (ConvLSTMCell._validated): the input and
+# recurrent convolutions apart, jointly, or jointly with the fused gates inline (_stream_step).
+_SEPARATE, _JOINT, _STREAM = 0, 1, 2
 
 
 def _param(module: nn.Module, name: str) -> Any:
