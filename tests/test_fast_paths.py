@@ -7,6 +7,7 @@ standard memory format, one batched input convolution, one autograd node per ope
 from __future__ import annotations
 
 import copy
+import pickle
 import platform
 import subprocess
 import sys
@@ -472,6 +473,167 @@ def test_joint_weight_cache_follows_weight_changes():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(got, before)
     assert cell.joint_weight().requires_grad  # with autograd: a fresh, differentiable cat
+
+
+def _stream_cell(**options):
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(2, 4, 3, spatial_dims=2, **options)
+    with torch.no_grad():
+        for p in cell.parameters():
+            if p.dim() < 4:
+                p.uniform_(-0.5, 0.5)  # random peepholes and biases: no term hides behind a zero
+    return cell
+
+
+def _checked(cell, x, state):
+    """``cell(x, state)`` through the checks, as at a first call."""
+    cell._validated = None
+    return cell(x, state)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"bias": False}, {"peephole": "channel"}, {"peephole": "spatial", "spatial_size": 6}],
+)
+def test_streaming_calls_after_the_first_equal_the_checked_path_bitwise(options):
+    cell = _stream_cell(**options)
+    frames = torch.randn(4, 1, 2, 6, 6)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            state, checked = (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)), None
+            for x in frames:
+                checked = _checked(cell, x, state if checked is None else checked)
+                state = cell(x, state)  # checked once, then the streaming path
+                assert cell._validated is not None
+                for got, want in zip(state, checked, strict=True):
+                    assert torch.equal(got, want)
+                    assert got.requires_grad is grad
+
+
+def _error(call):
+    with pytest.raises((TypeError, ValueError)) as info:
+        call()
+    return info.type, str(info.value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda x, h, c: (x[:, :1], (h, c)),  # channels
+        lambda x, h, c: (x[..., :5], (h, c)),  # spatial size: the state no longer fits
+        lambda x, h, c: (x.double(), (h, c)),  # float64 into a float32 cell
+        lambda x, h, c: (x.half(), (h, c)),  # half precision without autocast
+        lambda x, h, c: (x.long(), (h, c)),
+        lambda x, h, c: (x.numpy(), (h, c)),
+        lambda x, h, c: (x[0], (h, c)),  # no batch dimension
+        lambda x, h, c: (x, (h[:, :3], c)),  # state h
+        lambda x, h, c: (x, (h, c[..., :5])),  # state c
+        lambda x, h, c: (x, (h, c, c)),
+        lambda x, h, c: (x, (h, c.numpy())),
+        lambda x, h, c: (x, torch.stack([h, c])),  # a tensor of two states is not a pair
+        lambda x, h, c: (torch.cat([x, x]), (h, c)),  # batch
+    ],
+)
+def test_streaming_calls_still_raise_the_checks_errors(bad):
+    x, h, c = torch.randn(1, 2, 6, 6), torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
+    args = bad(x, h, c)
+    want = _error(lambda: _stream_cell()(*args))  # a fresh cell: the checks run
+    cell = _stream_cell(peephole="spatial", spatial_size=6)
+    assert _error(lambda: cell(*args))[0] is want[0]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            primed = _stream_cell()
+            primed(x, (h, c))  # a validated call
+            assert _error(lambda: primed(*args)) == want  # noqa: B023 (called at once)
+            assert torch.equal(primed(x, (h, c))[0], _checked(primed, x, (h, c))[0])
+
+
+def test_streaming_calls_follow_dtype_autocast_and_settings():
+    cell = _stream_cell()
+    x, state = torch.randn(1, 2, 6, 6), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
+    with torch.no_grad():
+        cell(x, state)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = cell(x, state)  # the convolution in bfloat16, then the plain expressions
+            assert torch.equal(got[0], _checked(cell, x, state)[0])
+            cell(x.bfloat16(), state)  # autocast casts it
+            with pytest.raises(TypeError, match="autocast casts float32 and half-precision"):
+                cell(x.double(), state)
+        with pytest.raises(
+            TypeError, match=r"parameters' dtype torch\.float32, got torch\.bfloat16"
+        ):
+            cell(x.bfloat16(), state)
+        with fast.plain():  # the plan changes: two convolutions, plain gate expressions
+            plain = cell(x, state)
+            assert cell._validated[1] == 0
+        torch.testing.assert_close(cell(x, state), plain, rtol=1e-5, atol=1e-6)
+        cell.double()  # .to() moves the module: a float32 input is refused again
+        with pytest.raises(
+            TypeError, match=r"parameters' dtype torch\.float64, got torch\.float32"
+        ):
+            cell(x, state)
+        state64 = tuple(t.double() for t in state)
+        torch.testing.assert_close(cell(x.double(), state64), plain, check_dtype=False)
+        assert cell(x.double(), state64)[0].dtype == torch.float64
+
+
+def test_streaming_calls_see_every_weight_change():
+    cell = _stream_cell()
+    x, state = torch.randn(1, 2, 6, 6), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
+    other = _stream_cell()
+    with torch.no_grad():
+        other.weight_ih.mul_(-1)
+        changes = [
+            lambda: cell.weight_ih.mul_(0.5),  # in place (an optimiser step)
+            lambda: cell.weight_hh.add_(0.1),
+            lambda: cell.bias.mul_(2),
+            lambda: cell.load_state_dict(other.state_dict()),  # copied in place
+            # .data replaced, through half precision and back: the same dtype, device, version
+            lambda: setattr(cell.weight_ih, "data", cell.weight_ih.data.half().float()),
+            lambda: setattr(cell, "weight_hh", torch.nn.Parameter(cell.weight_hh * 2)),
+            lambda: cell.float(),  # .to() of the same dtype: nothing changes
+        ]
+        for change in changes:
+            before = cell(x, state)[0]
+            cell(x, state)
+            change()
+            got = cell(x, state)[0]
+            with fast.plain():  # no joint weight, no cache: the weights as they are now
+                want = cell(x, state)[0]
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            if change is not changes[-1]:
+                assert not torch.equal(got, before)
+
+
+def test_copies_and_pickles_of_a_streaming_cell_start_without_caches():
+    cell = _stream_cell()
+    x, state = torch.randn(1, 2, 6, 6), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
+    with torch.no_grad():
+        want = cell(x, state)
+        cell(x, state)
+        for twin in (copy.deepcopy(cell), pickle.loads(pickle.dumps(cell))):
+            assert twin._joint_cache is None and twin._validated is None
+            for got, ref in zip(twin(x, state), want, strict=True):
+                assert torch.equal(got, ref)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the checks' shape tests
+def test_streaming_cell_traces_and_compiles_after_eager_calls():
+    cell = _stream_cell()
+    x, state = torch.randn(1, 2, 6, 6), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
+    x2, state2 = torch.randn(1, 2, 6, 6), (torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6))
+    with torch.no_grad():
+        cell(x, state)  # validated: the streaming path from now on
+        want = cell(x2, state2)
+        traced = torch.jit.trace(cell, (x, state))
+        for got, ref in zip(traced(x2, state2), want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        compiled = torch.compile(cell, backend="aot_eager", fullgraph=True)
+        for got, ref in zip(compiled(x2, state2), want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        with pytest.raises(ValueError, match=r"state h must have shape \(1, 4, 6, 6\)"):
+            cell(x2, (state2[0][:, :3], state2[1]))
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from convlstm import _plan, fast
 from convlstm._checks import check_choice, check_positive, to_tuple
-from convlstm._gates import fused_gates
+from convlstm._gates import activate, fused_gates
 from convlstm._geometry import CONVS, CellGeometry, flat_pads, same_pads
 
 __all__ = [
@@ -67,6 +67,20 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 PEEPHOLES = (None, "channel", "spatial")
 NORMS = (None, "layer", "group")
+# How forward runs a call like its last checked one (ConvLSTMCell._validated): the input and
+# recurrent convolutions apart, jointly, or jointly with the fused gates inline (_stream_step).
+_SEPARATE, _JOINT, _STREAM = 0, 1, 2
+
+
+def _param(module: nn.Module, name: str) -> Any:
+    """``getattr(module, name)`` for a parameter (or ``None``) without ``nn.Module.__getattr__``,
+    which costs about 1 µs per lookup, several times per streaming step; anything that has taken
+    the name out of ``_parameters`` (a parametrization, ``weight_norm``) is read as an attribute.
+    """
+    try:
+        return module._parameters[name]
+    except KeyError:
+        return getattr(module, name)
 
 
 def get_activation(activation: Activation, name: str = "activation") -> Callable[[Tensor], Tensor]:
@@ -164,7 +178,8 @@ class ConvLSTMCell(nn.Module):
     ) -> None:
         super().__init__()
         self._geometries: dict[tuple[int, ...], CellGeometry] = {}  # geometry's cache
-        self._joint_cache: tuple[tuple, Tensor] | None = None  # joint_weight's cache
+        self._joint_cache: tuple | None = None  # joint_weight's cache
+        self._validated: tuple | None = None  # forward's last checked call and its plan
         check_choice(spatial_dims, (1, 2, 3), "spatial_dims")
         self.spatial_dims = spatial_dims
         self.in_channels = check_positive(in_channels, "in_channels")
@@ -442,13 +457,13 @@ class ConvLSTMCell(nn.Module):
         """
         h, c = state
         joint = torch.cat([x, h if h_mask is None else h * h_mask], dim=1)
-        gates = self._conv(joint, weight, self.bias, 1, self._hh_padding)
+        gates = self._conv(joint, weight, _param(self, "bias"), 1, self._hh_padding)
         return self._gates(gates, c, owned=True)
 
-    def _fusable(self, gates: Tensor, c: Tensor | None) -> bool:
+    def _fusable(self, gates: Tensor, c: Tensor | None, w_ci: Tensor | None) -> bool:
         """Whether :func:`~convlstm._gates.fused_gates` computes this cell's gates (after the
-        norm, if any): sigmoid/tanh, one dtype, and eager mode (compilers fuse the plain
-        expressions themselves; tracers record them)."""
+        norm, if any) with the peephole ``w_ci``: sigmoid/tanh, one dtype, and eager mode
+        (compilers fuse the plain expressions themselves; tracers record them)."""
         return (
             self.activation is torch.tanh
             and self.recurrent_activation is torch.sigmoid
@@ -456,7 +471,7 @@ class ConvLSTMCell(nn.Module):
             and not torch.compiler.is_compiling()
             and not torch.jit.is_tracing()
             and (c is None or c.dtype == gates.dtype)
-            and (self.weight_ci is None or self.weight_ci.dtype == gates.dtype)
+            and (w_ci is None or w_ci.dtype == gates.dtype)
         )
 
     def _gates(self, gates: Tensor, c: Tensor | None, owned: bool) -> State:
@@ -467,45 +482,125 @@ class ConvLSTMCell(nn.Module):
             # new tensor, which the gates may overwrite (group_norm's backward does not read it).
             gates = F.group_norm(gates, self.gate_groups, self.norm_weight, self.bias)
             owned = True
-        if self._fusable(gates, c):
-            peepholes = (self.weight_ci, self.weight_cf, self.weight_co)
-            return fused_gates(gates, c, *peepholes, inplace=owned)
+        w_ci, w_cf, w_co = (
+            _param(self, "weight_ci"),
+            _param(self, "weight_cf"),
+            _param(self, "weight_co"),
+        )
+        if self._fusable(gates, c, w_ci):
+            return fused_gates(gates, c, w_ci, w_cf, w_co, inplace=owned)
         i, f, g, o = gates.chunk(4, dim=1)
-        if c is not None and self.weight_ci is not None and self.weight_cf is not None:
-            i = i + self.weight_ci * c
-            f = f + self.weight_cf * c
+        if c is not None and w_ci is not None and w_cf is not None:
+            i = i + w_ci * c
+            f = f + w_cf * c
         i = self.recurrent_activation(i)
         g = self.activation(g)
         c_new = i * g if c is None else self.recurrent_activation(f) * c + i * g
-        if self.weight_co is not None:
-            o = o + self.weight_co * c_new
+        if w_co is not None:
+            o = o + w_co * c_new
         h_new = self.recurrent_activation(o) * self.activation(c_new)
         return h_new, c_new
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
-        """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``."""
+        """One step: ``x`` ``(B, C_in, *S)``, ``state`` ``(h, c)`` or ``None`` -> ``(h', c')``.
+
+        A call like the last one that passed the checks (a streaming step) skips them and the
+        plan: plain tensors, the state a tuple, equal shapes of ``x``, ``h`` and ``c``, ``x``'s
+        dtype equal to the parameters' (no autocast cast was judged), ``x`` on the CPU or not
+        as before, and the same :func:`convlstm.fast.current` settings. Anything else is
+        checked as at the first call.
+        """
+        w_ih = _param(self, "weight_ih")
+        key = None
+        if (
+            type(state) is tuple
+            and len(state) == 2
+            and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing()  # the shapes would be traced values
+        ):
+            h, c = state
+            if type(x) is Tensor and type(h) is Tensor and type(c) is Tensor:
+                key = (x.shape, h.shape, c.shape, x.dtype, w_ih.dtype, x.is_cpu,
+                       self.spatial_size, fast.current())  # fmt: skip
+                validated = self._validated
+                if validated is not None and validated[0] == key:
+                    route = validated[1]
+                    if route == _STREAM and not torch.is_grad_enabled():
+                        return self._stream_step(x, h, c, w_ih)
+                    if route == _SEPARATE:
+                        return self.step(self.input_conv(x), state)
+                    return self.joint_step(
+                        x, state, self._joint_weight(w_ih, _param(self, "weight_hh"))
+                    )
         self.check_input(x)
         if state is None:
             return self.step(self.input_conv(x), None)
         geometry = self.geometry(x.shape[2:])
         state = self.check_state(state, x.shape[0], geometry.output_size)
-        if _plan.use_joint_conv(geometry, x, steps=1):
-            return self.joint_step(x, state, self.joint_weight())
+        joint = _plan.use_joint_conv(geometry, x, steps=1)
+        if key is not None and x.dtype == w_ih.dtype:
+            # The gates _stream_step computes: those _gates fuses (without autograd).
+            stream = geometry.sigmoid_tanh and fast.current().fused_gates
+            self._validated = (key, (_STREAM if stream else _JOINT) if joint else _SEPARATE)
+        if joint:
+            return self.joint_step(x, state, self._joint_weight(w_ih, _param(self, "weight_hh")))
         return self.step(self.input_conv(x), state)
+
+    def _stream_step(self, x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor) -> State:
+        """:meth:`joint_step` with the cached joint weight and the fused gates, inlined: a
+        checked streaming call without autograd (every call of Python costs at B=1)."""
+        weight = self._cached_joint_weight(w_ih, _param(self, "weight_hh"))
+        joint = torch.cat((x, h), dim=1)
+        gates = self._conv(joint, weight, _param(self, "bias"), 1, self._hh_padding)
+        w_ci = _param(self, "weight_ci")
+        if gates.dtype != c.dtype or (w_ci is not None and w_ci.dtype != gates.dtype):
+            return self._gates(gates, c, owned=True)  # autocast: the plain expressions
+        return activate(gates, c, w_ci, _param(self, "weight_cf"), _param(self, "weight_co"))
 
     def joint_weight(self) -> Tensor:
         """``torch.cat([weight_ih, weight_hh], 1)``, ``(4*C_h, C_in + C_h, *kernel)``, for
         :meth:`joint_step`. Without autograd (inference) it is cached until either weight changes
         (in place or replaced), so that streaming steps do not copy the weights each time."""
-        weights = (self.weight_ih, self.weight_hh)
+        return self._joint_weight(_param(self, "weight_ih"), _param(self, "weight_hh"))
+
+    def _joint_weight(self, w_ih: Tensor, w_hh: Tensor) -> Tensor:
         if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return torch.cat(weights, dim=1)
-        w_ih, w_hh = weights
-        key = (w_ih._version, w_ih.data_ptr(), w_ih.dtype, w_ih.device,
-               w_hh._version, w_hh.data_ptr(), w_hh.dtype, w_hh.device)  # fmt: skip
-        if self._joint_cache is None or self._joint_cache[0] != key:
-            self._joint_cache = (key, torch.cat(weights, dim=1))
-        return self._joint_cache[1]
+            return torch.cat((w_ih, w_hh), dim=1)
+        return self._cached_joint_weight(w_ih, w_hh)
+
+    def _cached_joint_weight(self, w_ih: Tensor, w_hh: Tensor) -> Tensor:
+        # The cache holds the weights it was made from (detached aliases): their memory cannot
+        # be freed and reused by a replacement while cached, so an equal data_ptr is the same
+        # memory, and an equal _version of it no in-place change since.
+        cache = self._joint_cache
+        if (
+            cache is None
+            or cache[0] != w_ih._version
+            or cache[1] != w_hh._version
+            or cache[2] != w_ih.data_ptr()
+            or cache[3] != w_hh.data_ptr()
+        ):
+            joint = torch.cat((w_ih, w_hh), dim=1)
+            cache = self._joint_cache = (
+                w_ih._version, w_hh._version, w_ih.data_ptr(), w_hh.data_ptr(),
+                w_ih.detach(), w_hh.detach(), joint,
+            )  # fmt: skip
+        return cache[6]
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
+        # .to(), .cuda(), .half(), ...: the caches would hold the weights of before.
+        self._joint_cache = self._validated = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickles and deep copies start without caches: data_ptr values mean nothing elsewhere.
+        state = super().__getstate__()
+        state["_joint_cache"] = state["_validated"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._joint_cache = self._validated = None  # also for cells pickled without them
 
     def extra_repr(self) -> str:
         s = (
