@@ -31,6 +31,7 @@ from convlstm.lightning import (  # noqa: E402
     trainer_options,
 )
 from convlstm.training import NonFiniteLossError, train  # noqa: E402
+from lightning_trainer import cpu_trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,19 +53,6 @@ TINY = [
     "run.precision=fp32",
     "run.device=cpu",
 ]
-
-
-def _trainer(**kwargs):
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-    }
-    return L.Trainer(**(options | kwargs))
 
 
 def _config(*extra: str) -> Config:
@@ -98,7 +86,7 @@ def test_fast_dev_run_fits_and_tests_on_cpu() -> None:
     config = _config()
     module = ForecastModule(config)
     data = MovingMNISTDataModule(config)
-    trainer = _trainer(fast_dev_run=True)
+    trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(module, data)
     assert trainer.global_step == 1
     (scores,) = trainer.test(module, data, verbose=False)
@@ -122,7 +110,7 @@ def test_training_matches_convlstm_train(tmp_path: Path) -> None:
     result = train(config, tmp_path / "run")
     reference = load_checkpoint(result.last_checkpoint)
     module = ForecastModule(config)
-    trainer = _trainer(**trainer_options(config))
+    trainer = cpu_trainer(**trainer_options(config))
     trainer.fit(module, MovingMNISTDataModule(config))
     assert trainer.global_step == reference["step"] == 4
     for key, value in reference["model_state"].items():
@@ -145,14 +133,14 @@ def test_nonfinite_policy_stops_or_skips() -> None:
     with torch.no_grad():
         broken.fill_(math.nan)
     with pytest.raises(NonFiniteLossError, match="at step 0"):
-        _trainer(max_epochs=1).fit(module, MovingMNISTDataModule(config))
+        cpu_trainer(max_epochs=1).fit(module, MovingMNISTDataModule(config))
 
     config = _config("optim.epochs=1", "run.nonfinite=skip", "run.max_skips=2")
     module = ForecastModule(config)
     with torch.no_grad():
         next(module.model.parameters()).fill_(math.nan)
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
-    trainer = _trainer(max_epochs=1)
+    trainer = cpu_trainer(max_epochs=1)
     trainer.fit(module, MovingMNISTDataModule(config))
     assert trainer.global_step == 2 and module.skipped == 2  # both steps skipped
     for key, value in module.model.state_dict().items():
@@ -164,7 +152,7 @@ def test_checkpoints_load_both_ways(tmp_path: Path) -> None:
     config = _config("optim.epochs=1")
     module = ForecastModule(config)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
-    trainer = _trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoints])
+    trainer = cpu_trainer(max_epochs=1, enable_checkpointing=True, callbacks=[checkpoints])
     trainer.fit(module, MovingMNISTDataModule(config))
     path = tmp_path / "ckpt" / "last.ckpt"
 
@@ -187,7 +175,7 @@ def test_checkpoints_load_both_ways(tmp_path: Path) -> None:
     reference, _ = load_model(result.best_checkpoint)
     for key, value in reference.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value)
-    (scores,) = _trainer().test(loaded, MovingMNISTDataModule(config), verbose=False)
+    (scores,) = cpu_trainer().test(loaded, MovingMNISTDataModule(config), verbose=False)
     expected = evaluate(
         reference,
         resolve_dataset("moving_mnist", _as_dict(config)),
@@ -219,9 +207,9 @@ def test_radar_and_array_datamodules(tmp_path: Path) -> None:
     )
     data = RadarDataModule(radar, test_samples=3)
     module = ForecastModule(radar, thresholds=[0.5])
-    trainer = _trainer(fast_dev_run=True)
+    trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(module, data)
-    (scores,) = _trainer().test(module, data, verbose=False)  # all batches
+    (scores,) = cpu_trainer().test(module, data, verbose=False)  # all batches
     assert "test/model/csi@0.5" in scores
     assert module.test_results["settings"]["clip"] is None  # unbounded rain rates
     assert module.test_results["dataset"]["num_sequences"] == 3
@@ -232,7 +220,7 @@ def test_radar_and_array_datamodules(tmp_path: Path) -> None:
     arrays.data.options.pop("size")
     arrays.data.options.pop("num_digits")
     data = ArrayDataModule(tmp_path / "frames.npy", arrays)
-    trainer = _trainer(fast_dev_run=True)
+    trainer = cpu_trainer(fast_dev_run=True)
     trainer.fit(ForecastModule(data.config), data)
     (scores,) = trainer.test(ForecastModule(data.config), data, verbose=False)
     assert math.isfinite(scores["test/model/mse_frame"])
@@ -243,7 +231,7 @@ def test_two_ddp_processes_score_like_one_evaluation(tmp_path: Path) -> None:
     metrics of a single-process ``evaluate`` of the same model and data."""
     config = _config()
     module = ForecastModule(config, report_dir=tmp_path / "report", thresholds=[0.3], num_gifs=1)
-    trainer = _trainer(devices=2, strategy="ddp_spawn", default_root_dir=tmp_path)
+    trainer = cpu_trainer(devices=2, strategy="ddp_spawn", default_root_dir=tmp_path)
     trainer.test(module, MovingMNISTDataModule(config), verbose=False)
     results = json.loads((tmp_path / "report" / "metrics.json").read_text())
     expected = evaluate(
@@ -269,7 +257,7 @@ def test_report_dir_never_replaces_other_files(tmp_path: Path) -> None:
     config = _config()
     module = ForecastModule(config, report_dir=mine)
     with pytest.raises(FileExistsError, match="not a report folder"):
-        _trainer().test(module, MovingMNISTDataModule(config), verbose=False)
+        cpu_trainer().test(module, MovingMNISTDataModule(config), verbose=False)
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
@@ -295,7 +283,7 @@ def test_tensorboard_logger_gets_forecast_images_and_hparams(tmp_path: Path) -> 
     config = _config()
     module, data = ForecastModule(config), MovingMNISTDataModule(config)
     logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
-    trainer = _trainer(
+    trainer = cpu_trainer(
         logger=logger, max_epochs=2, limit_train_batches=1, limit_val_batches=1, log_every_n_steps=1
     )
     trainer.fit(module, data)
@@ -325,7 +313,7 @@ def test_tensorboard_logger_gets_forecast_images_and_hparams(tmp_path: Path) -> 
     assert any(b"hparams/final_val_mse_frame" in content for content in hparams.values())
     # tensorboard=False: Lightning's own scalars only
     quiet = TensorBoardLogger(str(tmp_path), name="quiet", version=0)
-    _trainer(logger=quiet, max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
+    cpu_trainer(logger=quiet, max_epochs=1, limit_train_batches=1, limit_val_batches=1).fit(
         ForecastModule(config, tensorboard=False), MovingMNISTDataModule(config)
     )
     events = EventAccumulator(quiet.log_dir, size_guidance={"images": 0})

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from convlstm.evaluation import evaluate_checkpoint  # noqa: E402
 from convlstm.lightning import ForecastDataModule, ForecastModule, trainer_options  # noqa: E402
 from convlstm.training import train  # noqa: E402
 from convlstm.units import PhysicalUnits  # noqa: E402
+from lightning_trainer import cpu_trainer  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,19 +76,6 @@ def _config(store: Path, *extra: str) -> Config:
             *extra,
         ],
     )
-
-
-def _trainer(**kwargs: Any) -> L.Trainer:
-    options = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "enable_checkpointing": False,
-        "num_sanity_val_steps": 0,
-    }
-    return L.Trainer(**(options | kwargs))
 
 
 class _Garbage(Subset):
@@ -142,10 +129,10 @@ class _Record(L.Callback):
 
 def _fit_and_test(config: Config, data: ForecastDataModule) -> tuple[ForecastModule, _Record]:
     module, record = ForecastModule(config), _Record()
-    trainer = _trainer(**trainer_options(config), callbacks=[record])
+    trainer = cpu_trainer(**trainer_options(config), callbacks=[record])
     trainer.fit(module, data)
     record.losses.append(float(trainer.callback_metrics["val_mse_frame"]))
-    _trainer().test(module, data, verbose=False)
+    cpu_trainer().test(module, data, verbose=False)
     return module, record
 
 
@@ -211,7 +198,7 @@ def test_lightning_trains_on_an_archive_like_convlstm_train(tmp_path: Path, arch
     reference = load_checkpoint(result.last_checkpoint)
     module = ForecastModule(config)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
-    trainer = _trainer(
+    trainer = cpu_trainer(
         **trainer_options(config), enable_checkpointing=True, callbacks=[checkpoints]
     )
     trainer.fit(module, ForecastDataModule(config))
@@ -232,7 +219,7 @@ def test_checkpoint_carries_the_transform_and_loads_and_tests_in_mm_h(
         config, baselines=["persistence", "zeros"], report_dir=tmp_path / "mine", num_gifs=0
     )
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
-    trainer = _trainer(
+    trainer = cpu_trainer(
         **trainer_options(config), enable_checkpointing=True, callbacks=[checkpoints]
     )
     data = ForecastDataModule(config)
@@ -259,7 +246,7 @@ def test_checkpoint_carries_the_transform_and_loads_and_tests_in_mm_h(
         assert again.data_transform == RainTransform("log")
 
     # Trainer.test scores in mm/h exactly as convlstm evaluate scores the checkpoint
-    (scores,) = _trainer().test(module, data, verbose=False)
+    (scores,) = cpu_trainer().test(module, data, verbose=False)
     expected = evaluate_checkpoint(
         path, store, tmp_path / "report", baselines=["persistence", "zeros"], num_gifs=0,
         progress=False,
@@ -292,4 +279,4 @@ def test_a_rain_model_refuses_test_data_in_its_transformed_units(archive) -> Non
     module.data_transform = RainTransform("log")
     logged = RadarArchiveDataset(store, INPUT_LEN, HORIZON, transform="log")
     with pytest.raises(ValueError, match=r"must be rain rates in mm/h .* RainTransform\('log'\)"):
-        _trainer().test(module, DataLoader(logged, batch_size=2), verbose=False)
+        cpu_trainer().test(module, DataLoader(logged, batch_size=2), verbose=False)
