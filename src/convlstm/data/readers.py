@@ -32,6 +32,7 @@ The heavy libraries (h5py, xarray, tifffile, pysteps) are imported on first use 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -108,6 +109,17 @@ def _to_mm_h(values: np.ndarray, units: str, zr: tuple[float, float], where: str
     return values.astype(np.float32, copy=False)
 
 
+def _optional(module: str, reading: str) -> Any:
+    """The optional package ``module`` (an extra's) that reading ``reading`` needs, imported on
+    first use; a missing one raises an ``ImportError`` naming it and the extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(
+            f"reading {reading} needs {module} ({error}): pip install 'convlstm[nowcast]'"
+        ) from error
+
+
 class OdimReader:
     """ODIM HDF5 composites (OPERA, national services), read with h5py by hyperslab.
 
@@ -134,13 +146,7 @@ class OdimReader:
 
     @contextlib.contextmanager
     def _open(self, path: str) -> Iterator[Any]:
-        try:
-            import h5py
-        except ImportError as error:
-            raise ImportError(
-                f"reading ODIM HDF5 needs h5py ({error}): pip install 'convlstm[nowcast]'"
-            ) from error
-        with h5py.File(path, "r") as handle:
+        with _optional("h5py", "ODIM HDF5").File(path, "r") as handle:
             yield handle
 
     @staticmethod
@@ -233,12 +239,7 @@ class XarrayReader:
 
     @contextlib.contextmanager
     def _open(self, path: str) -> Iterator[Any]:
-        try:
-            import xarray as xr
-        except ImportError as error:
-            raise ImportError(
-                f"reading NetCDF/Zarr needs xarray ({error}): pip install 'convlstm[nowcast]'"
-            ) from error
+        xr = _optional("xarray", "NetCDF/Zarr")
         if self.engine == "netcdf":
             with xr.open_dataset(path, chunks=None) as dataset:
                 yield dataset
@@ -339,16 +340,6 @@ class XarrayReader:
         return _to_mm_h(values, str(units), self.zr, path)
 
 
-def _import_tifffile() -> Any:
-    try:
-        import tifffile
-    except ImportError as error:
-        raise ImportError(
-            f"reading GeoTIFF needs tifffile ({error}): pip install 'convlstm[nowcast]'"
-        ) from error
-    return tifffile
-
-
 class GeoTiffReader:
     """Single-band GeoTIFF frames, one file per time step, read with tifffile (no GDAL).
 
@@ -393,7 +384,7 @@ class GeoTiffReader:
     def _open(self, path: str) -> Iterator[tuple[Any, Any]]:
         """The file's one full-resolution single-band image and its mask image, or ``None``
         without a mask (tifffile pages)."""
-        with _import_tifffile().TiffFile(path) as tif:
+        with _optional("tifffile", "GeoTIFF").TiffFile(path) as tif:
             # subfile type bit 0: a reduced-resolution overview, bit 2: a transparency mask
             images = [page for page in tif.pages if not page.subfiletype & 0b101]
             if len(images) != 1 or images[0].samplesperpixel != 1 or images[0].imagedepth != 1:
@@ -492,7 +483,7 @@ class GeoTiffReader:
             raise IndexError(f"{path}: a GeoTIFF file holds one frame, got index {index}")
         with self._open(path) as (page, mask):
             if page.is_memmappable:
-                mapped = _import_tifffile().memmap(path, page=page.index, mode="r")
+                mapped = _optional("tifffile", "GeoTIFF").memmap(path, page=page.index, mode="r")
                 raw = np.array(mapped[rows, cols])
             else:
                 raw = page.asarray()[rows, cols]
