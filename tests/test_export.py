@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -75,6 +76,27 @@ def test_onnx_dynamo(model: EncoderForecaster, example: torch.Tensor, tmp_path: 
     np.testing.assert_allclose(output, _expected(model, inputs), atol=1e-5)
     info = json.loads((tmp_path / "out" / "export.json").read_text())
     assert info["formats"]["onnx"]["exporter"] == "torch.onnx.export (dynamo)"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_advection_model_exports(example: torch.Tensor, tmp_path: Path) -> None:
+    """The semi-Lagrangian readout (grid sampling) survives both exporters."""
+    torch.manual_seed(0)
+    model = EncoderForecaster(
+        1,
+        [4],
+        3,
+        patch_size=2,
+        readout="top",
+        residual=True,
+        advection=True,
+        output_activation="identity",
+    )
+    with torch.no_grad():
+        model.readout.bias[4:] = torch.tensor([0.7, -0.4])  # a real displacement
+    formats = ["torchscript"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    differences = export_model(model, tmp_path / "out", example, HORIZON, formats)
+    assert all(d is not None and d < 1e-4 for d in differences.values()), differences
 
 
 def test_onnx_legacy_fallback(
