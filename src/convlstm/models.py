@@ -175,10 +175,10 @@ class EncoderForecaster(nn.Module):
         motion = 2 if advection else 0
         self.readout = _readout(readout_in, channels + motion, readout_kernel, readout_hidden)
         if advection:  # no motion at first: the untrained model forecasts persistence
-            last = self.readout if isinstance(self.readout, nn.Conv2d) else self.readout[-1]
+            last = [m for m in self.readout.modules() if isinstance(m, nn.Conv2d)][-1]
             with torch.no_grad():
                 last.weight[channels:].zero_()
-                last.bias[channels:].zero_()
+                typing.cast(Tensor, last.bias)[channels:].zero_()
         self.config: dict[str, Any] = dict(
             in_channels=in_channels,
             hidden_channels=hidden,
@@ -368,9 +368,8 @@ def advect(frames: Tensor, displacement: Tensor) -> Tensor:
             f"{tuple(frames.shape)} and {tuple(displacement.shape)}"
         )
     h, w = frames.shape[-2:]
-    kind = dict(device=frames.device, dtype=displacement.dtype)
-    xs = torch.arange(w, **kind).view(1, 1, w)  # type: ignore[arg-type]
-    ys = torch.arange(h, **kind).view(1, h, 1)  # type: ignore[arg-type]
+    xs = torch.arange(w, device=frames.device, dtype=displacement.dtype).view(1, 1, w)
+    ys = torch.arange(h, device=frames.device, dtype=displacement.dtype).view(1, h, 1)
     # grid_sample's coordinates with align_corners=False: pixel i of n is at (2i + 1) / n - 1
     grid_x = (2 * (xs - displacement[:, 0]) + 1) / w - 1
     grid_y = (2 * (ys - displacement[:, 1]) + 1) / h - 1
