@@ -176,6 +176,7 @@ def test_overrides_are_typed_by_the_fields() -> None:
         ("run.seed=4294967296", "run.seed must be in \\[0, 2147483647\\]"),
         ("data.train_samples=100000000000000000000000", "data.train_samples must be in"),
         ("model.residual=true", "model.residual=True needs output_activation"),
+        ("model.advection=true", "advection=True needs residual=True"),
         ("model.readout=concat", "optim.input_loss_weight > 0 needs model.readout='top'"),
         ("optim.quantile=1", r"optim.quantile must be in \(0, 1\), got 1"),
         ("optim.quantile=0.7", "optim.quantile applies to optim.loss='quantile' only"),
@@ -186,6 +187,13 @@ def test_overrides_are_typed_by_the_fields() -> None:
 )
 def test_validation_names_the_field(override: str, message: str) -> None:
     config = tiny("optim.input_loss_weight=1", "model.readout=top", override)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_bce_names_the_output_activation_it_got() -> None:
+    config = tiny("optim.loss=bce", "model.output_activation=identity")
+    message = r"optim.loss 'bce' needs model.output_activation='sigmoid' .*, got 'identity'"
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
 

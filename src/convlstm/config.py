@@ -553,8 +553,9 @@ def validate_config(config: Config) -> Config:
         _require(
             options["output_activation"] == "sigmoid",
             "optim.loss",
-            "'bce' needs model.output_activation='sigmoid'",
-            optim.loss,
+            "'bce' needs model.output_activation='sigmoid' (predictions in [0, 1]); "
+            "model.output_activation",
+            options["output_activation"],
         )
     _require(
         0 <= optim.teacher_forcing <= 1,
