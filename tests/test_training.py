@@ -325,6 +325,36 @@ def test_rain_weights_weight_each_pixel_by_its_true_rain_rate() -> None:
         training.losses.training_loss(optim, pred, inputs, truth)
 
 
+def test_ssim_weight_adds_one_minus_torchmetrics_ssim_of_the_forecast() -> None:
+    """Reference: torchmetrics' SSIM of the forecast frames (its defaults, data range 1) and
+    torch's BCE of the forecast and of the input predictions; gradients through both."""
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    gen = torch.Generator().manual_seed(0)
+    inputs, targets = torch.rand(2, 4, 1, 16, 16, generator=gen), torch.rand(2, 3, 1, 16, 16)
+    pred = torch.rand(2, 6, 1, 16, 16, generator=gen).clamp(0.05, 0.95).requires_grad_()
+    optim = OptimConfig(loss="bce", input_loss_weight=2.0, ssim_weight=0.7)
+    got = training.losses.training_loss(optim, pred, inputs, targets)
+    (got_grad,) = torch.autograd.grad(got, pred)
+    bce = torch.nn.functional.binary_cross_entropy
+    forecast = pred[:, 3:]
+    similarity = tm_ssim(forecast.flatten(0, 1), targets.flatten(0, 1), data_range=1.0)
+    expected = bce(forecast, targets) + 2.0 * bce(pred[:, :3], inputs[:, 1:])
+    expected = expected + 0.7 * (1 - similarity)
+    (expected_grad,) = torch.autograd.grad(expected, pred)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
+    with pytest.raises(ValueError, match="ssim_weight > 0 cannot skip masked pixels"):
+        training.losses.training_loss(optim, pred, inputs, targets, torch.ones(2, 7, 1, 16, 16))
+
+
+def test_ssim_weight_is_checked() -> None:
+    with pytest.raises(ConfigError, match="optim.ssim_weight must be >= 0, got -1"):
+        validate_config(tiny("optim.ssim_weight=-1"))
+    with pytest.raises(ConfigError, match="optim.ssim_weight > 0 needs frames in"):
+        validate_config(tiny("optim.ssim_weight=0.5", "model.output_activation=identity"))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

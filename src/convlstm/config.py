@@ -122,6 +122,10 @@ class OptimConfig:
     rain rate reaches (1 below the first), as the balanced losses of Shi et al. (2017, HKO-7:
     ``[[2, 2], [5, 5], [10, 10], [30, 30]]``) do, so that heavy rain, rare but what forecasts
     are judged on, is not averaged away; ``[]``: every pixel weighs 1.
+    ``ssim_weight`` > 0 adds that times ``1 - SSIM`` of the forecast frames (SSIM as the
+    metrics compute it, data range 1; needs ``model.output_activation="sigmoid"``): a
+    structural term beside the pixel loss that penalises grey haze, as in Zhao et al. (2017,
+    "Loss functions for image restoration with neural networks").
     """
 
     lr: float = 1e-3
@@ -140,6 +144,7 @@ class OptimConfig:
     teacher_forcing_steps: int = 0
     input_loss_weight: float = 0.0
     rain_weights: list[list[float]] = field(default_factory=list)
+    ssim_weight: float = 0.0
 
 
 @dataclass
@@ -581,6 +586,14 @@ def validate_config(config: Config) -> Config:
             "optim.input_loss_weight",
             "> 0 needs model.readout='top'",
             optim.input_loss_weight,
+        )
+    _require(optim.ssim_weight >= 0, "optim.ssim_weight", "must be >= 0", optim.ssim_weight)
+    if optim.ssim_weight:
+        _require(
+            options["output_activation"] == "sigmoid",
+            "optim.ssim_weight",
+            "> 0 needs frames in [0, 1] (model.output_activation='sigmoid')",
+            optim.ssim_weight,
         )
     _require(0 <= run.seed <= _MAX_INT, "run.seed", f"must be in [0, {_MAX_INT}]", run.seed)
     _require(run.threads >= 0, "run.threads", "must be >= 0 (0: torch's default)", run.threads)

@@ -10,6 +10,7 @@ from torch import Tensor
 from convlstm.config import LOSSES, OptimConfig
 from convlstm.data.transforms import RainTransform
 from convlstm.masking import masked_mae, masked_mean, masked_mse, masked_pinball
+from convlstm.metrics.functional import ssim
 
 __all__ = ["forecast_loss", "rain_weights", "training_loss", "validation_sums"]
 
@@ -111,7 +112,8 @@ def training_loss(
     it: :func:`forecast_loss` (``optim.loss``, ``optim.quantile``) of the forecast, plus
     ``optim.input_loss_weight`` times that of the one-step-ahead predictions of the input
     frames when the weight is > 0; pixels weighted by :func:`rain_weights` when
-    ``optim.rain_weights`` is set.
+    ``optim.rain_weights`` is set; plus ``optim.ssim_weight`` times ``1 - SSIM`` of the
+    forecast frames when that weight is > 0 (not with a ``mask``).
 
     Args:
         optim: the training configuration's ``[optim]`` section.
@@ -136,9 +138,15 @@ def training_loss(
             part_mask = weights if part_mask is None else weights * part_mask
         return forecast_loss(optim.loss, part, truth, mask=part_mask, quantile=optim.quantile)
 
-    total = loss(pred[:, seen:] if weight else pred, targets, slice(seen + 1, None))
+    forecast = pred[:, seen:] if weight else pred
+    total = loss(forecast, targets, slice(seen + 1, None))
     if weight:
         total = total + weight * loss(pred[:, :seen], inputs[:, 1:], slice(1, seen + 1))
+    if optim.ssim_weight:
+        if mask is not None:
+            raise ValueError("optim.ssim_weight > 0 cannot skip masked pixels; set it to 0")
+        similarity = ssim(forecast.float(), targets.float(), data_range=1.0, clip=None).mean()
+        total = total + optim.ssim_weight * (1 - similarity.float())
     return total
 
 
