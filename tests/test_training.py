@@ -344,6 +344,9 @@ def test_ssim_weight_adds_one_minus_torchmetrics_ssim_of_the_forecast() -> None:
     (expected_grad,) = torch.autograd.grad(expected, pred)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the SSIM term stays in float32
+        in_bf16 = training.losses.training_loss(optim, pred, inputs, targets)
+    torch.testing.assert_close(in_bf16, got)
     with pytest.raises(ValueError, match="ssim_weight > 0 cannot skip masked pixels"):
         training.losses.training_loss(optim, pred, inputs, targets, torch.ones(2, 7, 1, 16, 16))
 

@@ -145,8 +145,9 @@ def training_loss(
     if optim.ssim_weight:
         if mask is not None:
             raise ValueError("optim.ssim_weight > 0 cannot skip masked pixels; set it to 0")
-        similarity = ssim(forecast.float(), targets.float(), data_range=1.0, clip=None).mean()
-        total = total + optim.ssim_weight * (1 - similarity.float())
+        with torch.autocast(pred.device.type, enabled=False):  # SSIM's matmuls in float32
+            similarity = ssim(forecast.float(), targets.float(), data_range=1.0, clip=None)
+        total = total + optim.ssim_weight * (1 - similarity.float().mean())
     return total
 
 
