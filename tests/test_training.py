@@ -352,9 +352,9 @@ def test_ssim_weight_adds_one_minus_torchmetrics_ssim_of_the_forecast() -> None:
 
 
 def test_ssim_weight_is_checked() -> None:
-    with pytest.raises(ConfigError, match="optim.ssim_weight must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match=r"optim\.ssim_weight must be >= 0, got -1"):
         validate_config(tiny("optim.ssim_weight=-1"))
-    with pytest.raises(ConfigError, match="optim.ssim_weight > 0 needs frames in"):
+    with pytest.raises(ConfigError, match=r"optim\.ssim_weight > 0 needs frames in"):
         validate_config(tiny("optim.ssim_weight=0.5", "model.output_activation=identity"))
 
 
