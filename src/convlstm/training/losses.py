@@ -146,7 +146,7 @@ def training_loss(
         if mask is not None:
             raise ValueError("optim.ssim_weight > 0 cannot skip masked pixels; set it to 0")
         with torch.autocast(pred.device.type, enabled=False):  # SSIM's matmuls in float32
-            similarity = ssim(forecast.float(), targets.float(), data_range=1.0, clip=None)
+            similarity = ssim(forecast, targets, data_range=1.0, clip=None)  # >= float32
         total = total + optim.ssim_weight * (1 - similarity.float().mean())
     return total
 
